@@ -1,0 +1,32 @@
+"""fm_jax: flow matching in JAX.
+
+    import fm_jax as fm
+    path = fm.paths.CondOT()
+    loss = fm.cfm_loss(path, fm.couplings.ExactOT())
+    sol = fm.sample(vf, x0, solver="dopri5", rtol=1e-5, atol=1e-5)
+"""
+
+from fm_jax import couplings, gaussian, losses, metrics, paths, solvers
+from fm_jax.gaussian import GaussianFlow
+from fm_jax.losses import LogitNormalTime, UniformTime, cfm_loss
+from fm_jax.solvers import Solution, encode, get_solver, sample, velocity_field
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianFlow",
+    "LogitNormalTime",
+    "Solution",
+    "UniformTime",
+    "cfm_loss",
+    "couplings",
+    "encode",
+    "gaussian",
+    "get_solver",
+    "losses",
+    "metrics",
+    "paths",
+    "sample",
+    "solvers",
+    "velocity_field",
+]

@@ -1,0 +1,179 @@
+"""Minibatch couplings: how (x0, x1) pairs are drawn from a source and a data minibatch.
+
+A coupling is a frozen dataclass called as `coupling(key, x0, x1, labels=None)` and
+returning `(x0, x1, labels)`: the pairs to regress on, with the labels of the data points
+carried through. All couplings run inside `jax.jit`.
+
+- `Independent`: the pairs as given (I-CFM; Lipman et al. 2023; Tong et al. 2024, Sec. 3.2).
+- `ExactOT`: the exact minibatch optimal assignment for the squared Euclidean cost (OT-CFM,
+  Tong et al. 2024, Sec. 3.3; Pooladian et al. 2023). The data order is kept and the source
+  points are permuted, so no point is repeated or dropped.
+- `SinkhornOT`: the entropic plan pi_eps of ott-jax's Sinkhorn solver; pairs are drawn
+  from pi_eps (with replacement), or `hard=True` pairs each data point with the source point
+  of largest plan mass.
+- `SchrodingerBridge(sigma)`: `SinkhornOT` with eps = 2 sigma^2, the static Schrodinger
+  bridge of the Brownian motion sigma W (SB-CFM, Tong et al. 2024, Prop. 3.4). Use it with
+  `paths.BrownianBridge(sigma)`.
+
+`ExactOT(class_conditional=True)` and `SinkhornOT(class_conditional=True)` pair points only
+within a class: the source point in row i takes the label of data row i (the source is
+drawn independently of the data, so this splits it at random) and the cost between
+different classes is made prohibitive. Conditioned on a class, the source marginal stays
+the source distribution, so a class-conditional model can start from N(0, I).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from ott.geometry import geometry
+from ott.solvers import linear
+
+__all__ = [
+    "Coupling",
+    "ExactOT",
+    "Independent",
+    "SchrodingerBridge",
+    "SinkhornOT",
+    "pairwise_sq_distances",
+    "sample_pairs",
+]
+
+
+def pairwise_sq_distances(x0: jax.Array, x1: jax.Array) -> jax.Array:
+    """C_ij = ||x0_i - x1_j||^2 for batch-first arrays of any trailing shape."""
+    x0 = x0.reshape(x0.shape[0], -1)
+    x1 = x1.reshape(x1.shape[0], -1)
+    sq0 = jnp.sum(x0**2, axis=1)
+    sq1 = jnp.sum(x1**2, axis=1)
+    cross = jnp.dot(x0, x1.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(sq0[:, None] + sq1[None, :] - 2.0 * cross, 0.0)
+
+
+def _check(x0, x1, labels, class_conditional: bool):
+    if x0.shape != x1.shape:
+        raise ValueError(
+            f"A minibatch coupling needs x0 and x1 of the same shape, got {x0.shape} and "
+            f"{x1.shape}; draw as many source points as data points."
+        )
+    if labels is not None and labels.shape[0] != x1.shape[0]:
+        raise ValueError(f"labels have {labels.shape[0]} rows but x1 has {x1.shape[0]}.")
+    if class_conditional and labels is None:
+        raise ValueError("class_conditional=True needs labels: call coupling(key, x0, x1, labels).")
+
+
+def _class_cost(cost: jax.Array, labels: jax.Array) -> jax.Array:
+    """Cost with a prohibitive penalty between source row i (label of data row i) and data row j of another class."""
+    different = labels[:, None] != labels[None, :]
+    # Any assignment with one cross-class pair costs more than any within-class one.
+    penalty = (jnp.max(cost) + 1.0) * cost.shape[0]
+    return jnp.where(different, penalty, cost)
+
+
+def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
+    """Draw `num` index pairs (i, j) with probability pi_ij / sum(pi), with replacement."""
+    flat = jax.random.categorical(key, jnp.log(pi.reshape(-1)), shape=(num,))
+    return flat // pi.shape[1], flat % pi.shape[1]
+
+
+class Coupling:
+    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`."""
+
+    def __call__(self, key, x0, x1, labels=None):
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Independent(Coupling):
+    """Pairs as drawn: the product coupling q(x0) q(x1)."""
+
+    def __call__(self, key, x0, x1, labels=None):
+        _check(x0, x1, labels, False)
+        return x0, x1, labels
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactOT(Coupling):
+    """Exact minibatch OT for the squared Euclidean cost: x0 is permuted to its optimal partner of each x1.
+
+    The assignment is optax's Hungarian algorithm, which runs inside jit (O(n^3)).
+    """
+
+    class_conditional: bool = False
+
+    def assignment(self, x0, x1, labels=None) -> jax.Array:
+        """perm such that (x0[perm[j]], x1[j]) is the optimal pairing."""
+        _check(x0, x1, labels, self.class_conditional)
+        cost = pairwise_sq_distances(x0, x1)
+        if self.class_conditional:
+            cost = _class_cost(cost, labels)
+        rows, cols = optax.assignment.hungarian_algorithm(cost)
+        # rows is 0..n-1 for a square cost; invert so that the data order is kept.
+        return jnp.zeros_like(cols).at[cols].set(rows)
+
+    def __call__(self, key, x0, x1, labels=None):
+        perm = self.assignment(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
+        return x0[perm], x1, labels
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkhornOT(Coupling):
+    """Entropic OT (ott-jax Sinkhorn) on the squared Euclidean cost.
+
+    epsilon is absolute, or relative to the mean pairwise cost when `relative_epsilon`.
+    Pairs are drawn from the plan with replacement (as in Tong et al. 2024), or with
+    `hard=True` each data point x1_j takes the source point argmax_i pi_ij.
+    """
+
+    epsilon: float = 0.05
+    relative_epsilon: bool = True
+    hard: bool = False
+    class_conditional: bool = False
+    threshold: float = 1e-3
+    max_iterations: int = 2000
+
+    def absolute_epsilon(self, cost: jax.Array) -> jax.Array:
+        return self.epsilon * jnp.mean(cost) if self.relative_epsilon else jnp.asarray(self.epsilon)
+
+    def plan(self, x0, x1, labels=None) -> jax.Array:
+        """The entropic transport plan pi (n x n, total mass 1, uniform marginals)."""
+        _check(x0, x1, labels, self.class_conditional)
+        cost = pairwise_sq_distances(x0, x1)
+        eps = self.absolute_epsilon(cost)
+        if self.class_conditional:
+            cost = _class_cost(cost, labels)
+        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
+        out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
+        return out.matrix
+
+    def __call__(self, key, x0, x1, labels=None):
+        pi = self.plan(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
+        n = x1.shape[0]
+        if self.hard:
+            return x0[jnp.argmax(pi, axis=0)], x1, labels
+        i, j = sample_pairs(key, pi, n)
+        return x0[i], x1[j], None if labels is None else labels[j]
+
+
+@dataclasses.dataclass(frozen=True)
+class SchrodingerBridge(Coupling):
+    """Static Schrodinger bridge of sigma W: entropic OT with absolute eps = 2 sigma^2 (Tong et al. 2024)."""
+
+    sigma: float = 1.0
+    hard: bool = False
+    class_conditional: bool = False
+
+    @property
+    def sinkhorn(self) -> SinkhornOT:
+        return SinkhornOT(
+            epsilon=2.0 * self.sigma**2,
+            relative_epsilon=False,
+            hard=self.hard,
+            class_conditional=self.class_conditional,
+        )
+
+    def __call__(self, key, x0, x1, labels=None):
+        return self.sinkhorn(key, x0, x1, labels)

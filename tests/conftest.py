@@ -1,0 +1,26 @@
+"""Shared fixtures: every path the library defines, with non-trivial parameters."""
+
+import pytest
+
+import fm_jax as fm
+
+ALL_PATHS = [
+    fm.paths.CondOT(),
+    fm.paths.CondOT(sigma_min=0.1),
+    fm.paths.ICFM(sigma=0.0),
+    fm.paths.ICFM(sigma=0.3),
+    fm.paths.BrownianBridge(sigma=0.5),
+    fm.paths.Trigonometric(),
+    fm.paths.Trigonometric(sigma=0.2),
+    fm.paths.VPDiffusion(),
+    fm.paths.VEDiffusion(sigma_min=0.01, sigma_max=5.0),
+    fm.paths.Cosine(),
+    fm.paths.LinearVP(),
+    fm.paths.Polynomial(n=2.0),
+    fm.paths.Polynomial(n=1.0),
+]
+
+
+@pytest.fixture(params=ALL_PATHS, ids=repr)
+def path(request):
+    return request.param
