@@ -112,7 +112,9 @@ def sample(
 
     Give either `steps` (fixed step size (t1 - t0) / steps) or `rtol` and `atol` (adaptive,
     PID step-size control). `save_trajectory`: an int K saves K equally spaced times from t0
-    to t1 (the dense output of the solver in between steps); True saves every step.
+    to t1 (the dense output of the solver in between steps); True saves t0 and the state
+    after every step (exactly steps + 1 states with fixed steps; padded with inf up to
+    max_steps + 1 when adaptive).
     """
     solver = get_solver(solver)
     if (steps is None) == (rtol is None and atol is None):
@@ -121,6 +123,7 @@ def sample(
         if int(steps) < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}.")
         controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / int(steps)
+        max_steps = int(steps)  # so that a saved trajectory has exactly steps + 1 states
     else:
         if not isinstance(solver, diffrax.AbstractAdaptiveSolver) or solver.error_order(None) is None:
             raise ValueError(f"{type(solver).__name__} has no error estimate: use steps=N, or an adaptive solver such as 'dopri5'.")
@@ -132,8 +135,6 @@ def sample(
 
     term = diffrax.ODETerm(lambda t, y, args: vf(t, y))
     subs = [diffrax.SubSaveAt(t1=True)]
-    if save_trajectory is True and steps is not None:
-        save_trajectory = int(steps) + 1
     if save_trajectory is True:
         subs.append(diffrax.SubSaveAt(t0=True, steps=True))
     elif save_trajectory:
