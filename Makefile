@@ -15,7 +15,7 @@ demo: $(BIN)/.installed
 	$(BIN)/fm-jax gaussian
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/couplings.py

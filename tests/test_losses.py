@@ -34,9 +34,7 @@ def oracle(path, target):
     return apply
 
 
-@pytest.mark.parametrize("target", fm.losses.TARGETS)
-@pytest.mark.parametrize("coupling", COUPLINGS, ids=repr)
-def test_loss_is_zero_at_the_conditional_target(path, coupling, target):
+def check_zero_at_target(path, coupling, target):
     # Times stay inside (0, 1): some schedules have singular derivatives at the ends.
     loss = fm.cfm_loss(path, coupling, fm.UniformTime(0.01, 0.99), target=target)
     batch = {"x0": jnp.tile(X0_POINT, (N, 1)), "x1": jnp.tile(X1_POINT, (N, 1))}
@@ -46,6 +44,17 @@ def test_loss_is_zero_at_the_conditional_target(path, coupling, target):
     assert np.isfinite(grads["w"])
     # The same loss away from the optimum is positive: the test can fail.
     assert float(loss(apply, {"w": 0.1}, jax.random.key(0), batch)[0]) > 1e-4
+
+
+@pytest.mark.parametrize("target", fm.losses.TARGETS)
+def test_every_path_loss_is_zero_at_the_conditional_target(path, target):
+    check_zero_at_target(path, fm.couplings.Independent(), target)
+
+
+@pytest.mark.parametrize("target", fm.losses.TARGETS)
+@pytest.mark.parametrize("coupling", COUPLINGS, ids=repr)
+def test_every_coupling_loss_is_zero_at_the_conditional_target(coupling, target):
+    check_zero_at_target(fm.paths.BrownianBridge(sigma=0.5), coupling, target)
 
 
 def test_velocity_loss_minimizer_is_the_marginal_velocity():

@@ -44,7 +44,7 @@ def gaussian_mmd2(delta_mu, s, h, d):
 
 
 def test_mmd_matches_the_gaussian_closed_form():
-    n, d, s, h = 3000, 2, 0.7, 1.3
+    n, d, s, h = 2000, 2, 0.7, 1.3
     delta = np.array([0.8, 0.0])
     x = s * jax.random.normal(jax.random.key(0), (n, d))
     y = s * jax.random.normal(jax.random.key(1), (n, d)) + delta

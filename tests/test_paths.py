@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fm_jax as fm
 from fm_jax.paths import PREDICTIONS
@@ -91,6 +93,35 @@ def test_conversions_match_closed_form_gaussian(path):
     v = flow.velocity(T, x)
     np.testing.assert_allclose(path.convert(v, T, x, "velocity", "x1"), flow.x1_posterior_mean(T, x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(path.convert(v, T, x, "velocity", "score"), flow.score(T, x), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(["condot", "icfm", "trigonometric", "brownianbridge"]),
+    sigma=st.floats(0.05, 1.0),
+    mu=st.floats(-3.0, 3.0),
+    s1=st.floats(0.1, 2.0),
+    t=st.floats(0.05, 0.95),
+)
+def test_velocity_converts_to_the_posterior_mean_for_random_gaussians(name, sigma, mu, s1, t):
+    """Property: for any N(0, I) -> N(mu, s1^2 I), v_t converts to E[x1 | x_t] and back."""
+    path = fm.paths.get_path(name, **({"sigma_min": sigma / 10} if name == "condot" else {"sigma": sigma}))
+    flow = fm.GaussianFlow(path, mu1=jnp.array([mu, 0.0]), s1=s1)
+    times = jnp.full((16,), t)
+    x = flow.sample(jax.random.key(0), t, 16, 2)
+    v = flow.velocity(times, x)
+    x1_hat = path.convert(v, times, x, "velocity", "x1")
+    np.testing.assert_allclose(x1_hat, flow.x1_posterior_mean(times, x), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(path.convert(x1_hat, times, x, "x1", "velocity"), v, rtol=1e-3, atol=1e-3)
+
+
+def test_get_path_builds_by_name():
+    assert fm.paths.get_path("ICFM", sigma=0.2) == fm.paths.ICFM(sigma=0.2)
+    assert fm.paths.get_path("vpdiffusion") == fm.paths.VPDiffusion()
+    with pytest.raises(ValueError, match="Unknown path 'ot'"):
+        fm.paths.get_path("ot")
+    with pytest.raises(ValueError, match="takes \\['sigma_min'\\]"):
+        fm.paths.get_path("condot", sigma=0.1)
 
 
 def test_sample_draws_noise_only_for_noisy_paths():
