@@ -48,6 +48,12 @@ def gaussian(args: argparse.Namespace) -> list[dict]:
     mu1 = jnp.zeros(args.dim).at[0].set(args.mu)
     flow = GaussianFlow(path, mu1=mu1, s1=args.scale)
     x_start = flow.sample(jax.random.key(args.seed), args.t0, args.num, args.dim)
+    for t in (args.t0, args.t1):
+        if not np.all(np.isfinite(flow.velocity(t, x_start[:8]))):
+            raise SystemExit(
+                f"The velocity of {path!r} is not finite at t = {t} (a schedule's derivative is infinite "
+                "there): integrate inside the interval, e.g. --t0 0.001 --t1 0.999."
+            )
     exact = flow.flow_map(x_start, t=args.t1, s=args.t0)
     mean_t1, var_t1 = flow.marginal(jnp.asarray(args.t1))
 

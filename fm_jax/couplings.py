@@ -25,9 +25,11 @@ the source distribution, so a class-conditional model can start from N(0, I).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from ott.geometry import geometry
 from ott.solvers import linear
@@ -73,17 +75,29 @@ def _class_cost(cost: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.where(different, penalty, cost)
 
 
+def _warn_if_unconverged(converged, eps, max_iterations: int) -> None:
+    """Host side: an unconverged Sinkhorn plan has wrong marginals; say so instead of using it silently."""
+    if not np.all(converged):
+        warnings.warn(
+            f"Sinkhorn did not converge in {max_iterations} iterations at epsilon = {np.max(eps):.3g}: "
+            "the plan's marginals are not uniform. Raise epsilon (or sigma) or max_iterations.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
     """Draw `num` index pairs (i, j) with probability pi_ij / sum(pi), with replacement.
 
-    By inverting the cumulative mass of the flattened plan: O(n^2 + num log n) work, where
-    Gumbel-max sampling (`jax.random.categorical`) would draw num x n^2 Gumbel variables.
-    Entries of zero mass are never drawn.
+    In two stages, i from the row sums of pi and then j from row i, each by Gumbel-max
+    (`jax.random.categorical`): 2 num n Gumbel draws where sampling the flattened plan in
+    one go would take num n^2, and entries of zero mass (across classes) are never drawn,
+    which an inverse-CDF search over a float32 cumulative sum of n^2 entries cannot promise.
     """
-    cdf = jnp.cumsum(pi.reshape(-1))
-    u = jax.random.uniform(key, (num,), cdf.dtype) * cdf[-1]
-    flat = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), cdf.size - 1)
-    return flat // pi.shape[1], flat % pi.shape[1]
+    k_i, k_j = jax.random.split(key)
+    i = jax.random.categorical(k_i, jnp.log(jnp.sum(pi, axis=1)), shape=(num,))
+    j = jax.random.categorical(k_j, jnp.log(pi[i]), axis=-1)
+    return i, j
 
 
 class Coupling:
@@ -154,6 +168,7 @@ class SinkhornOT(Coupling):
             cost = _class_cost(cost, labels)
         geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
         out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
+        jax.debug.callback(_warn_if_unconverged, out.converged, eps, self.max_iterations)
         return out.matrix
 
     def __call__(self, key, x0, x1, labels=None):

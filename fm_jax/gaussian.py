@@ -41,7 +41,8 @@ class GaussianFlow:
 
     def marginal(self, t: jax.Array):
         """(m_t, S_t): mean vector of shape (..., d) and scalar variance per coordinate."""
-        t = jnp.asarray(t, jnp.float32)
+        t = jnp.asarray(t)
+        t = t if jnp.issubdtype(t.dtype, jnp.floating) else t.astype(jnp.result_type(float))
         a, b, g = self.path.a(t), self.path.b(t), self.path.g(t)
         mean = a[..., None] * jnp.asarray(self.mu0) + b[..., None] * jnp.asarray(self.mu1)
         var = a**2 * self.s0**2 + g**2 + b**2 * self.s1**2

@@ -104,8 +104,17 @@ class GaussianPath:
         return (a, b, g), (da, db, dg)
 
     def noise_scale(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """s(t) = sqrt(a^2 + g^2), the std of x_t around b(t) x1 for a N(0, I) source, and s'(t)."""
-        return _value_and_derivative(lambda t: jnp.sqrt(self.a(t) ** 2 + self.g(t) ** 2), t)
+        """s(t) = sqrt(a^2 + g^2), the std of x_t around b(t) x1 for a N(0, I) source, and s'(t).
+
+        Without noise s = a and s' = a' (schedules keep a >= 0), finite even where a = 0;
+        with noise s' = (a a' + g g') / s, since autodiff through the square root would
+        give 0 / 0 wherever s vanishes.
+        """
+        (a, _, g), (da, _, dg) = self.coefficients(t)
+        if not self.has_noise:
+            return a, da
+        s = jnp.sqrt(a**2 + g**2)
+        return s, (a * da + g * dg) / s
 
     # -- sampling ------------------------------------------------------------------------
     def interpolate(self, t, x0, x1, z=None) -> tuple[jax.Array, jax.Array]:

@@ -70,7 +70,13 @@ def velocity_field(
     path: GaussianPath | None = None,
     prediction: str = "velocity",
 ) -> VectorField:
-    """vf(t, x) for a network `apply(params, t, x, cond)` trained to predict `prediction`."""
+    """vf(t, x) for a network `apply(params, t, x, cond)` trained to predict `prediction`.
+
+    The conversions to a velocity are singular where the path cannot tell the prediction
+    apart from x_t (see `GaussianPath.convert`): an eps-network at t = 0 where b = 0, an
+    x1-network at t = 1 when s = 0 (e.g. `CondOT(sigma_min=0)`). Sample those on
+    [delta, 1 - delta] with the t0 and t1 of `sample`.
+    """
     if prediction != "velocity" and path is None:
         raise ValueError(f"A {prediction!r}-prediction network needs its path to become a velocity field.")
 
@@ -117,6 +123,7 @@ def sample(
     max_steps + 1 when adaptive).
     """
     solver = get_solver(solver)
+    init_calls, step_calls = calls_per_step(solver)  # raises before the solve for solvers it cannot count
     if (steps is None) == (rtol is None and atol is None):
         raise ValueError("Give either steps=N (fixed step) or rtol= and atol= (adaptive), not both or neither.")
     if steps is not None:
@@ -152,7 +159,6 @@ def sample(
         max_steps=max_steps,
     )
 
-    init_calls, step_calls = calls_per_step(solver)
     num_steps = sol.stats["num_steps"]
     nfe = init_calls + step_calls * num_steps
 

@@ -37,6 +37,7 @@ def test_gaussian_demo_on_another_path_away_from_its_singular_end(tmp_path):
         (["--path", "icfm", "--path-params", "sigmax=1"], "no parameter"),
         (["--path-params", "sigma"], "name=value"),
         (["--t0", "0.5", "--t1", "0.5"], "t0 < t1"),
+        (["--path", "linearvp", "--num", "10"], "not finite at t = 1.0"),
     ],
 )
 def test_gaussian_demo_bad_input(argv, message):

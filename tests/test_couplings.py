@@ -74,7 +74,7 @@ def test_class_conditional_exact_ot_pairs_within_classes_optimally():
 
 def test_sinkhorn_plan_has_uniform_marginals_and_near_optimal_cost():
     x0, x1 = _batch(128, 2, 6)
-    coupling = fm.couplings.SinkhornOT(epsilon=0.01, relative_epsilon=True, threshold=1e-5)
+    coupling = fm.couplings.SinkhornOT(epsilon=0.01, relative_epsilon=True, threshold=3e-5)
     pi = coupling.plan(x0, x1)
     np.testing.assert_allclose(pi.sum(1), 1 / 128, rtol=1e-3)
     np.testing.assert_allclose(pi.sum(0), 1 / 128, rtol=1e-3)
@@ -116,7 +116,7 @@ def test_sinkhorn_samples_pairs_from_the_plan_with_labels():
 
 def test_sinkhorn_hard_assignment_keeps_data_order():
     x0, x1 = _batch(32, 2, 9)
-    coupling = fm.couplings.SinkhornOT(epsilon=1e-3, hard=True, threshold=1e-6, max_iterations=20000)
+    coupling = fm.couplings.SinkhornOT(epsilon=1e-3, hard=True, threshold=1e-4, max_iterations=20000)
     y0, y1, _ = coupling(None, x0, x1)
     np.testing.assert_array_equal(y1, x1)
     pi = coupling.plan(x0, x1)
@@ -144,6 +144,24 @@ def test_class_conditional_sinkhorn_never_crosses_classes():
     cross = np.asarray(labels)[:, None] != np.asarray(labels)[None, :]
     assert float(np.asarray(pi)[cross].sum()) < 1e-6
     np.testing.assert_allclose(pi.sum(0), 1 / n, rtol=1e-2)
+
+
+def test_drawn_pairs_never_cross_classes_in_a_large_batch():
+    """Zero-mass entries of a 2048 x 2048 plan are never drawn (float32 round-off must not leak mass)."""
+    n = 2048
+    x0, x1 = _batch(n, 2, 11)
+    labels = jnp.arange(n) % 2
+    coupling = fm.couplings.SinkhornOT(epsilon=0.05, class_conditional=True)
+    pi = jax.jit(coupling.plan)(x0, x1, labels)
+    i, j = jax.jit(fm.couplings.sample_pairs, static_argnums=2)(jax.random.key(0), pi, 100_000)
+    assert np.all(np.asarray(labels)[np.asarray(i)] == np.asarray(labels)[np.asarray(j)])
+
+
+def test_unconverged_sinkhorn_warns():
+    x0, x1 = _batch(64, 2, 12)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        jax.block_until_ready(fm.couplings.SchrodingerBridge(sigma=0.03).sinkhorn.plan(x0, x1))
+        jax.effects_barrier()
 
 
 def test_independent_is_identity():

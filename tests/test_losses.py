@@ -57,6 +57,18 @@ def test_every_coupling_loss_is_zero_at_the_conditional_target(coupling, target)
     check_zero_at_target(fm.paths.BrownianBridge(sigma=0.5), coupling, target)
 
 
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_conditional_ot_targets_by_hand(sigma_min):
+    """Lipman et al. 2023, eq. 23: u_t = x1 - (1 - sigma_min) x0; the eps target of a noise-free path is x0."""
+    path = fm.paths.CondOT(sigma_min)
+    batch = {"x0": jnp.tile(X0_POINT, (N, 1)), "x1": jnp.tile(X1_POINT, (N, 1))}
+    by_hand = {"velocity": X1_POINT - (1 - sigma_min) * X0_POINT, "x1": X1_POINT, "eps": X0_POINT}
+    for target, value in by_hand.items():
+        loss = fm.cfm_loss(path, target=target)
+        apply = lambda p, t, x, c: jnp.broadcast_to(value, x.shape)
+        assert float(loss(apply, None, jax.random.key(0), batch)[0]) < 1e-10
+
+
 def test_velocity_loss_minimizer_is_the_marginal_velocity():
     """E over the batch of the conditional loss is minimized by E[u_t | x_t]: the exact field beats a perturbed one."""
     path = fm.paths.CondOT()

@@ -135,12 +135,42 @@ def test_sample_draws_noise_only_for_noisy_paths():
     np.testing.assert_allclose(s.u_t, u_t)
 
 
-def test_eps_target_reconstructs_x_t(path):
+def test_eps_target_is_standard_normal_and_reconstructs_x_t(path):
     x0, x1, z = _data()
     x_t, _ = path.interpolate(T, x0, x1, z)
     eps = path.eps(T, x0, z)
     s, _ = path.noise_scale(T)
     np.testing.assert_allclose(x_t, path.b(T)[:, None] * x1 + s[:, None] * eps, rtol=1e-5, atol=1e-5)
+    # For x0, z ~ N(0, I) the noise target has unit variance at every t: s is the right scale.
+    t = jnp.full((20_000,), 0.3)
+    k0, kz = jax.random.split(jax.random.key(5))
+    eps = path.eps(t, jax.random.normal(k0, (20_000, 2)), jax.random.normal(kz, (20_000, 2)))
+    np.testing.assert_allclose(np.var(np.asarray(eps)), 1.0, atol=0.03)
+
+
+def test_noise_scale_derivative_is_finite_where_the_noise_vanishes():
+    """Hand-derived s'(t): CondOT s = 1 - (1 - sigma_min) t; trigonometric s = cos(pi t / 2), s'(1) = -pi / 2."""
+    t = jnp.array([0.0, 0.5, 1.0])
+    for sigma_min in (0.0, 0.1):
+        s, ds = fm.paths.CondOT(sigma_min).noise_scale(t)
+        np.testing.assert_allclose(s, 1 - (1 - sigma_min) * t, atol=1e-7)
+        np.testing.assert_allclose(ds, -(1 - sigma_min) * np.ones(3), atol=1e-7)
+    _, ds = fm.paths.Trigonometric().noise_scale(t)
+    np.testing.assert_allclose(ds, -0.5 * math.pi * np.sin(0.5 * math.pi * np.asarray(t)), atol=1e-6)
+    s, ds = fm.paths.ICFM(sigma=0.5).noise_scale(t)  # s = sqrt((1 - t)^2 + 1/4)
+    np.testing.assert_allclose(ds, -(1 - np.asarray(t)) / np.sqrt((1 - np.asarray(t)) ** 2 + 0.25), atol=1e-6)
+
+
+def test_conversions_at_the_ends_of_the_conditional_ot_path():
+    """Hand-derived on x_t = (1 - t) x0 + t x1: v = x1 - x0, so at t = 0 (x_t = x0) x1 = v + x_t,
+    and at t = 1 (x_t = x1) v = x_t - eps; these stay finite where other directions are singular."""
+    path = fm.paths.CondOT()
+    _, x, v = _data(n=4)
+    zero, one = jnp.zeros(4), jnp.ones(4)
+    np.testing.assert_allclose(path.convert(v, zero, x, "velocity", "x1"), v + x, atol=1e-6)
+    np.testing.assert_allclose(path.convert(v, zero, x, "velocity", "eps"), x, atol=1e-6)
+    np.testing.assert_allclose(path.convert(v, one, x, "eps", "velocity"), x - v, atol=1e-6)
+    np.testing.assert_allclose(path.convert(v, one, x, "eps", "x1"), x, atol=1e-6)
 
 
 def test_paths_are_hashable_values():
