@@ -86,17 +86,36 @@ def _warn_if_unconverged(converged, eps, max_iterations: int) -> None:
         )
 
 
+def _inverse_cdf(key: jax.Array, weights: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Indices into the last axis of `weights` (shape + (n,), or (n,) shared by all draws),
+    drawn with probability proportional to the weights.
+
+    By inverting the cumulative weights: O(n) work and one uniform per draw, where Gumbel-max
+    (`jax.random.categorical`) needs n random numbers per draw, which dominates on a CPU.
+    Entries of zero weight are never drawn: the search runs on the running maximum of the
+    cumulative sum taken at positive entries only, which is flat across zero entries however
+    the sum rounds.
+    """
+    cdf = jnp.cumsum(weights, axis=-1)
+    edges = jax.lax.cummax(jnp.where(weights > 0, cdf, 0.0), axis=weights.ndim - 1)
+    total = edges[..., -1:]
+    u = jax.random.uniform(key, shape + (1,), weights.dtype) * total
+    u = jnp.minimum(u, jnp.nextafter(total, jnp.zeros_like(total)))  # u < total: never past the last positive entry
+    if weights.ndim == 1:
+        return jnp.searchsorted(edges, u[..., 0], side="right")
+    return jax.vmap(lambda e, v: jnp.searchsorted(e, v, side="right"))(edges, u)[..., 0]
+
+
 def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
     """Draw `num` index pairs (i, j) with probability pi_ij / sum(pi), with replacement.
 
-    In two stages, i from the row sums of pi and then j from row i, each by Gumbel-max
-    (`jax.random.categorical`): 2 num n Gumbel draws where sampling the flattened plan in
-    one go would take num n^2, and entries of zero mass (across classes) are never drawn,
-    which an inverse-CDF search over a float32 cumulative sum of n^2 entries cannot promise.
+    In two stages, i from the row sums of pi and then j from row i, so that each cumulative
+    sum runs over n entries rather than n^2 (in float32 the n^2 masses of a large plan fall
+    below the resolution of one cumulative sum). Zero-mass pairs (across classes) are never drawn.
     """
     k_i, k_j = jax.random.split(key)
-    i = jax.random.categorical(k_i, jnp.log(jnp.sum(pi, axis=1)), shape=(num,))
-    j = jax.random.categorical(k_j, jnp.log(pi[i]), axis=-1)
+    i = _inverse_cdf(k_i, jnp.sum(pi, axis=1), (num,))
+    j = _inverse_cdf(k_j, pi[i], (num,))
     return i, j
 
 
