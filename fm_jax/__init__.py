@@ -6,7 +6,7 @@
     sol = fm.sample(vf, x0, solver="dopri5", rtol=1e-5, atol=1e-5)
 """
 
-from fm_jax import couplings, gaussian, losses, metrics, paths, solvers
+from fm_jax import couplings, data, gaussian, losses, metrics, models, paths, solvers
 from fm_jax.gaussian import GaussianFlow
 from fm_jax.losses import LogitNormalTime, UniformTime, cfm_loss
 from fm_jax.solvers import Solution, encode, get_solver, sample, velocity_field
@@ -20,11 +20,13 @@ __all__ = [
     "UniformTime",
     "cfm_loss",
     "couplings",
+    "data",
     "encode",
     "gaussian",
     "get_solver",
     "losses",
     "metrics",
+    "models",
     "paths",
     "sample",
     "solvers",
