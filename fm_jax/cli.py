@@ -1,6 +1,10 @@
 """The `fm-jax` command.
 
+    fm-jax train --config FILE [--config.field=value ...] --workdir W
     fm-jax gaussian [--path condot] [--dim 2] [--num 10000] [--steps 10] [--json FILE]
+
+`train` runs `fm_jax.train.train` on an ml_collections config file, with any field
+overridable as `--config.a.b=value`.
 
 `gaussian` integrates the exact marginal velocity field of a Gaussian path between
 N(0, I) and N(mu, s^2 I) (`fm_jax.GaussianFlow`) with each Diffrax solver, at a fixed
@@ -97,9 +101,43 @@ def gaussian(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """['--config.a=1', '--config.b', '2'] -> {'a': '1', 'b': '2'}; anything else is an error."""
+    overrides, i = {}, 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise SystemExit(f"Unknown argument {arg!r}: config fields are set as --config.name=value.")
+        name, sep, value = arg[len("--config."):].partition("=")
+        if not sep:
+            if i + 1 == len(extra):
+                raise SystemExit(f"{arg} needs a value: --config.{name}=value.")
+            value, i = extra[i + 1], i + 1
+        overrides[name] = value
+        i += 1
+    return overrides
+
+
+def train(args: argparse.Namespace) -> None:
+    from fm_jax.train import apply_overrides, load_config
+    from fm_jax.train import train as run_training
+
+    try:
+        config = apply_overrides(load_config(args.config), parse_overrides(args.overrides))
+        state = run_training(config, args.workdir)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-jax", description="Flow matching in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a flow from a config file")
+    t.add_argument("--config", required=True, help="an ml_collections get_config() file, e.g. experiments/configs/toy2d.py")
+    t.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and the checkpoint go")
+    t.set_defaults(func=train)
 
     g = commands.add_parser("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")
@@ -119,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if args.command != "train" and extra:
+        raise SystemExit(f"Unknown arguments for {args.command}: {' '.join(extra)}")
+    args.overrides = extra
     args.func(args)
     return 0
 

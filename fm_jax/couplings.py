@@ -31,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import ot
 from ott.geometry import geometry
 from ott.solvers import linear
 
 __all__ = [
+    "EXACT_SOLVERS",
     "Coupling",
     "ExactOT",
     "Independent",
@@ -43,6 +45,9 @@ __all__ = [
     "pairwise_sq_distances",
     "sample_pairs",
 ]
+
+
+EXACT_SOLVERS = ("hungarian", "network_simplex")
 
 
 def pairwise_sq_distances(x0: jax.Array, x1: jax.Array) -> jax.Array:
@@ -135,14 +140,31 @@ class Independent(Coupling):
         return x0, x1, labels
 
 
+def _network_simplex_assignment(cost: np.ndarray) -> np.ndarray:
+    """Host side: perm[j] = the source row paired with data column j, by POT's network simplex."""
+    n = cost.shape[0]
+    weights = np.full(n, 1.0 / n)
+    plan = ot.emd(weights, weights, np.asarray(cost, np.float64), numItermax=max(100_000, 50 * n * n))
+    # A vertex of the assignment polytope: a permutation matrix scaled by 1 / n.
+    return np.argmax(plan, axis=0).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExactOT(Coupling):
     """Exact minibatch OT for the squared Euclidean cost: x0 is permuted to its optimal partner of each x1.
 
-    The assignment is optax's Hungarian algorithm, which runs inside jit (O(n^3)).
+    `solver="hungarian"`: optax's Hungarian algorithm, on the device inside jit (O(n^3); no
+    host round trip, the choice on accelerators). `solver="network_simplex"`: POT's exact
+    network simplex on the host through `jax.pure_callback`, 2-30x faster on a CPU (see the
+    README's timing table). Both return an optimal permutation.
     """
 
     class_conditional: bool = False
+    solver: str = "hungarian"
+
+    def __post_init__(self):
+        if self.solver not in EXACT_SOLVERS:
+            raise ValueError(f"Unknown exact OT solver {self.solver!r}; choose one of {EXACT_SOLVERS}.")
 
     def assignment(self, x0, x1, labels=None) -> jax.Array:
         """perm such that (x0[perm[j]], x1[j]) is the optimal pairing."""
@@ -150,6 +172,9 @@ class ExactOT(Coupling):
         cost = pairwise_sq_distances(x0, x1)
         if self.class_conditional:
             cost = _class_cost(cost, labels)
+        if self.solver == "network_simplex":
+            shape = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
+            return jax.pure_callback(_network_simplex_assignment, shape, cost, vmap_method="sequential")
         rows, cols = optax.assignment.hungarian_algorithm(cost)
         # rows is 0..n-1 for a square cost; invert so that the data order is kept.
         return jnp.zeros_like(cols).at[cols].set(rows)

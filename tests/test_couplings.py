@@ -21,19 +21,34 @@ def _scipy_cost(x0, x1):
     return cost[r, c].sum()
 
 
+@pytest.mark.parametrize("solver", fm.couplings.EXACT_SOLVERS)
 @pytest.mark.parametrize("n,d,seed", [(8, 2, 0), (64, 2, 1), (100, 5, 2), (48, 64, 3)])
-def test_exact_ot_is_optimal_permutation(n, d, seed):
+def test_exact_ot_is_optimal_permutation(n, d, seed, solver):
     x0, x1 = _batch(n, d, seed)
     labels = jnp.arange(n)
-    y0, y1, out_labels = jax.jit(fm.couplings.ExactOT())(jax.random.key(0), x0, x1, labels)
+    coupling = fm.couplings.ExactOT(solver=solver)
+    y0, y1, out_labels = jax.jit(coupling)(jax.random.key(0), x0, x1, labels)
     # x1 and labels are untouched; x0 is a permutation of itself.
     np.testing.assert_array_equal(y1, x1)
     np.testing.assert_array_equal(out_labels, labels)
-    perm = fm.couplings.ExactOT().assignment(x0, x1)
+    perm = coupling.assignment(x0, x1)
     assert sorted(np.asarray(perm).tolist()) == list(range(n))
     np.testing.assert_array_equal(y0, x0[perm])
     ours = float(jnp.sum((y0 - y1) ** 2))
     np.testing.assert_allclose(ours, _scipy_cost(x0, x1), rtol=1e-5)
+
+
+def test_network_simplex_matches_hungarian_under_vmap_and_classes():
+    x0, x1 = jax.vmap(lambda k: jnp.stack(_batch(40, 3, 0)) + jax.random.normal(k, (2, 40, 3)))(
+        jax.random.split(jax.random.key(0), 3)
+    ).transpose(1, 0, 2, 3)
+    labels = jnp.tile(jnp.arange(40) % 3, (3, 1))
+    perms = {
+        solver: jax.jit(jax.vmap(fm.couplings.ExactOT(class_conditional=True, solver=solver).assignment))(x0, x1, labels)
+        for solver in fm.couplings.EXACT_SOLVERS
+    }
+    np.testing.assert_array_equal(perms["hungarian"], perms["network_simplex"])
+    np.testing.assert_array_equal(jnp.take_along_axis(labels, perms["hungarian"], 1), labels)
 
 
 def test_exact_ot_equals_scipy_on_random_costs_and_is_equivariant():
@@ -173,6 +188,8 @@ def test_independent_is_identity():
 
 def test_couplings_reject_bad_input():
     x0, x1 = _batch(8)
+    with pytest.raises(ValueError, match="Unknown exact OT solver 'lsa'"):
+        fm.couplings.ExactOT(solver="lsa")
     with pytest.raises(ValueError, match="same shape"):
         fm.couplings.ExactOT()(None, x0[:4], x1)
     with pytest.raises(ValueError, match="needs labels"):
