@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo gaussian test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+DEMO := workdirs/demo
+
+# Train OT-CFM from N(0, I) to two moons, sample with Dopri5 (PNG in $(DEMO)), print W2.
 demo: $(BIN)/.installed
+	rm -rf $(DEMO)
+	$(BIN)/fm-jax train --config experiments/configs/toy2d.py --workdir $(DEMO)
+	$(BIN)/fm-jax sample --workdir $(DEMO) --solver dopri5
+	$(BIN)/fm-jax eval --workdir $(DEMO) --solvers dopri5 euler:10 euler:2 --num 2000
+
+gaussian: $(BIN)/.installed
 	$(BIN)/fm-jax gaussian
 
 test: $(BIN)/.installed

@@ -163,14 +163,15 @@ def sample(args: argparse.Namespace) -> None:
     x0 = toy2d.sample(run.config.source, k_src, args.num)
     vf = solvers.velocity_field(run.apply, run.params)
     sol = jax.jit(lambda x: solvers.sample(vf, x, save_trajectory=33, **kwargs))(x0)
-    tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_tol{rtol:g}"
+    tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
     out = pathlib.Path(args.workdir) / f"samples_{tag}"
-    np.savez(out.with_suffix(".npz"), x0=np.asarray(x0), x1=np.asarray(sol.x), ts=np.asarray(sol.ts),
+    npz, png = out.parent / f"{out.name}.npz", out.parent / f"{out.name}.png"
+    np.savez(npz, x0=np.asarray(x0), x1=np.asarray(sol.x), ts=np.asarray(sol.ts),
              trajectory=np.asarray(sol.trajectory), nfe=int(sol.nfe))
     target = toy2d.sample(run.config.target, k_tgt, args.num)
     title = f"{run.config.method} {run.config.source} -> {run.config.target}, {args.solver}, NFE {int(sol.nfe)}"
-    plot_flow(out.with_suffix(".png"), sol.x, target, sol.trajectory, title)
-    print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {out}.npz, {out}.png")
+    plot_flow(png, sol.x, target, sol.trajectory, title)
+    print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {npz}, {png}")
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -107,6 +107,12 @@ def trained(tmp_path_factory):
     return workdir
 
 
+def test_sample_names_files_after_the_solver_and_tolerances(trained):
+    cli.main(["sample", "--workdir", str(trained), "--rtol", "1e-3", "--atol", "1e-5", "--num", "100"])
+    assert (trained / "samples_dopri5_rtol0.001_atol1e-05.npz").is_file()
+    assert (trained / "samples_dopri5_rtol0.001_atol1e-05.png").is_file()
+
+
 def test_sample_writes_samples_and_a_figure(trained, capsys):
     cli.main(["sample", "--workdir", str(trained), "--solver", "heun", "--steps", "8", "--num", "300"])
     assert "NFE 16" in capsys.readouterr().out
