@@ -27,7 +27,7 @@ from fm_jax.data import toy2d
 from fm_jax.models import MLP, functional
 from fm_jax.train.methods import build_loss
 
-__all__ = ["TrainState", "build_model", "build_optimizer", "check_config", "train"]
+__all__ = ["TrainState", "build_model", "build_optimizer", "check_config", "checkpoint_tree", "init_state", "train"]
 
 CHECKPOINT = "checkpoint"
 
@@ -73,6 +73,25 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
     return optax.adam(config.learning_rate)
 
 
+def init_state(config: ml_collections.ConfigDict):
+    """(apply, optimizer, the step-0 TrainState) of a config; also the structure a checkpoint restores onto."""
+    apply, params = build_model(config, config.seed)
+    optimizer = build_optimizer(config)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params,
+        key=jax.random.key(config.seed),
+    )
+    return apply, optimizer, state
+
+
+def checkpoint_tree(state: TrainState) -> dict:
+    """The state as orbax saves it: a dict, the typed key as its raw key data."""
+    return state._replace(key=jax.random.key_data(state.key))._asdict()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> TrainState:
     """Train from scratch into an empty or new workdir; returns the final state."""
     check_config(config)
@@ -82,18 +101,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=1))
 
-    apply, params = build_model(config, config.seed)
-    optimizer = build_optimizer(config)
+    apply, optimizer, state = init_state(config)
     loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
     source, target = toy2d.get_density(config.source), toy2d.get_density(config.target)
     n = config.batch_size
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        ema_params=params,
-        key=jax.random.key(config.seed),
-    )
 
     def one_step(state: TrainState, _):
         key = jax.random.fold_in(state.key, state.step)
@@ -115,11 +126,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     bar = tqdm(total=config.num_steps, disable=not progress, unit="step", dynamic_ncols=True)
     start, losses = time.perf_counter(), []
     with open(workdir / "metrics.jsonl", "a") as log:
-        for _ in range(config.num_steps // config.steps_per_call):
+        for call in range(1, config.num_steps // config.steps_per_call + 1):
             state, value = run(state)
             losses.append(value)
             bar.update(config.steps_per_call)
-            step = int(state.step)
+            step = call * config.steps_per_call  # counted on the host: no device sync per call
             if step % config.log_every == 0 or step == config.num_steps:
                 mean = float(jnp.mean(jnp.stack(losses)))
                 losses = []
@@ -131,6 +142,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 log.flush()
     bar.close()
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(workdir / CHECKPOINT, jax.device_get(state._replace(key=jax.random.key_data(state.key))._asdict()))
+    checkpointer.save(workdir / CHECKPOINT, jax.device_get(checkpoint_tree(state)))
     checkpointer.wait_until_finished()
     return state

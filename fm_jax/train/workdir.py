@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, Callable, NamedTuple
 
-import json
-
-import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from fm_jax.train.loop import CHECKPOINT, build_model, build_optimizer
+from fm_jax.train.loop import CHECKPOINT, checkpoint_tree, init_state
 
 __all__ = ["Run", "load_run"]
 
@@ -31,15 +28,9 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     if not (workdir / "config.json").is_file() or not (workdir / CHECKPOINT).is_dir():
         raise ValueError(f"{workdir} holds no trained model (no config.json and checkpoint/): run `fm-jax train` first.")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    apply, params = build_model(config)
-    # Restore onto the structure of a freshly built state, so the parameter tree comes back typed.
-    target = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": build_optimizer(config).init(params),
-        "ema_params": params,
-        "key": jax.random.key_data(jax.random.key(0)),
-    }
+    apply, _, state = init_state(config)
+    # Restore onto the structure of a fresh state, so the parameter tree comes back typed.
+    target = checkpoint_tree(state)
     restored = ocp.StandardCheckpointer().restore((workdir / CHECKPOINT).absolute(), target)
     chosen = restored["ema_params"] if config.ema_decay > 0 else restored["params"]
     return Run(config=config, apply=apply, params=chosen, step=int(restored["step"]))
