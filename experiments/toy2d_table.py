@@ -1,6 +1,6 @@
 """The OT-CFM paper's 2D experiment (Tong et al. 2024, Table 2), reproduced with fm_jax.
 
-    python experiments/toy2d_table.py [--steps 20000] [--seeds 3] [--num 10000] [--out results/toy2d.json]
+    python experiments/toy2d_table.py [--steps 20000] [--seeds 3] [--num 10000] [--workers 1] [--out results/toy2d.json]
 
 Methods I-CFM, OT-CFM, SB-CFM, FM and SI on N -> 8gaussians, moons -> 8gaussians,
 N -> moons and N -> scurve (FM needs a Gaussian source: "n/a" on moons -> 8gaussians).
@@ -14,7 +14,9 @@ Writes the JSON and a markdown table beside it (`.md`).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -24,7 +26,7 @@ import jax
 import numpy as np
 
 from fm_jax.train import apply_overrides, load_config, train
-from fm_jax.train.evaluate import evaluate
+from fm_jax.train.evaluate import evaluate, reference_w2_sq
 from fm_jax.train.methods import GAUSSIAN_SOURCE_ONLY, METHODS
 from fm_jax.train.workdir import load_run
 
@@ -34,7 +36,7 @@ SOLVERS = ("dopri5", "euler:100", "euler:10", "euler:2")
 SIGMA = {"sbcfm": 1.0}
 
 
-def run_cell(method: str, source: str, target: str, seed: int, args) -> dict:
+def run_cell(method: str, source: str, target: str, seed: int, w2_sq: float, args) -> dict:
     overrides = {
         "method": method, "source": source, "target": target, "seed": str(seed),
         "sigma": str(SIGMA.get(method, 0.1)), "num_steps": str(args.steps), "batch_size": str(args.batch),
@@ -44,18 +46,34 @@ def run_cell(method: str, source: str, target: str, seed: int, args) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         train(config, workdir, progress=False)
         rate = json.loads(pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()[-1])["steps_per_s"]
-        report = evaluate(load_run(workdir), list(SOLVERS), args.num, seed=1000 + seed)
+        report = evaluate(load_run(workdir), list(SOLVERS), args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)
     cell = {f"w2_{spec}": row["w2"] for spec, row in report["solvers"].items()}
     cell.update(nfe=report["solvers"]["dopri5"]["nfe"], npe=report["solvers"]["dopri5"]["normalized_path_energy"],
                 steps_per_s=rate)
     return cell
 
 
+def run_task_seed(task: str, seed: int, args) -> dict:
+    """Every method's cell for one task and seed, sharing the reference W2 of the task."""
+    source, target = task.split(":")
+    w2_sq = reference_w2_sq(source, target, args.num, seed=1000 + seed)
+    cells = {}
+    for method in args.methods:
+        if method in GAUSSIAN_SOURCE_ONLY and source != "normal":
+            continue
+        cells[method] = run_cell(method, source, target, seed, w2_sq, args)
+        print(task, method, f"seed {seed}", {k: round(v, 4) for k, v in cells[method].items()}, flush=True)
+    return cells
+
+
 def markdown(table: dict, machine: str, args) -> str:
     cols = [f"w2_{s}" for s in SOLVERS] + ["nfe", "npe", "steps_per_s"]
     heads = ["W2 dopri5", "W2 euler 100", "W2 euler 10", "W2 euler 2", "NFE", "NPE", "steps/s"]
+    shared = f", {args.workers} runs at a time sharing the CPU" if args.workers > 1 else ""
     lines = [f"2D flows, {args.steps} steps at batch {args.batch}, {args.seeds} seeds, W2 on {args.num} samples "
-             f"({machine}); `python experiments/toy2d_table.py --steps {args.steps} --seeds {args.seeds}`.", ""]
+             f"({machine}{shared}); mean ± std over seeds; NPE = normalized path energy (Dopri5); "
+             f"`python experiments/toy2d_table.py --steps {args.steps} --seeds {args.seeds} --num {args.num} "
+             f"--workers {args.workers}`.", ""]
     for task, rows in table.items():
         lines += [f"**{task.replace(':', ' → ')}**", "", "| method | " + " | ".join(heads) + " |",
                   "| --- |" + " ---: |" * len(heads)]
@@ -77,21 +95,28 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--num", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes running (task, seed) groups at once; >1 shares the CPU, so steps/s drops")
     parser.add_argument("--out", default="results/toy2d.json")
     args = parser.parse_args(argv)
 
+    groups = [(task, seed) for task in args.tasks for seed in range(args.seeds)]
+    if args.workers > 1:
+        # Separate processes (spawned: JAX is not fork-safe), each training and evaluating whole cells.
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(run_task_seed, *zip(*groups), [args] * len(groups)))
+    else:
+        results = [run_task_seed(task, seed, args) for task, seed in groups]
+    by_group = dict(zip(groups, results))
     table = {}
     for task in args.tasks:
-        source, target = task.split(":")
         table[task] = {}
         for method in args.methods:
-            if method in GAUSSIAN_SOURCE_ONLY and source != "normal":
-                table[task][method] = None
-                continue
-            cells = [run_cell(method, source, target, seed, args) for seed in range(args.seeds)]
-            table[task][method] = {k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
-                                   for k in cells[0]}
-            print(task, method, {k: round(v["mean"], 4) for k, v in table[task][method].items()}, flush=True)
+            cells = [by_group[task, seed][method] for seed in range(args.seeds) if method in by_group[task, seed]]
+            table[task][method] = None if not cells else {
+                k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
+                for k in cells[0]
+            }
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
