@@ -145,7 +145,7 @@ def _load(workdir: str):
 
 
 def sample(args: argparse.Namespace) -> None:
-    from fm_jax.data import toy2d
+    from fm_jax import data
     from fm_jax.plots import plot_flow
     from fm_jax.train.evaluate import solve_kwargs
 
@@ -160,7 +160,8 @@ def sample(args: argparse.Namespace) -> None:
     atol = 1e-4 if args.atol is None else args.atol
     kwargs = solve_kwargs(args.solver, args.steps, rtol, atol)
     k_src, k_tgt = jax.random.split(jax.random.key(args.seed))
-    x0 = toy2d.sample(run.config.source, k_src, args.num)
+    src, tgt = data.densities(run.config.source, run.config.target)
+    x0 = src.sample(k_src, args.num)
     vf = solvers.velocity_field(run.apply, run.params)
     sol = jax.jit(lambda x: solvers.sample(vf, x, save_trajectory=33, **kwargs))(x0)
     tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
@@ -168,7 +169,7 @@ def sample(args: argparse.Namespace) -> None:
     npz, png = out.parent / f"{out.name}.npz", out.parent / f"{out.name}.png"
     np.savez(npz, x0=np.asarray(x0), x1=np.asarray(sol.x), ts=np.asarray(sol.ts),
              trajectory=np.asarray(sol.trajectory), nfe=int(sol.nfe))
-    target = toy2d.sample(run.config.target, k_tgt, args.num)
+    target = tgt.sample(k_tgt, args.num)
     title = f"{run.config.method} {run.config.source} -> {run.config.target}, {args.solver}, NFE {int(sol.nfe)}"
     plot_flow(png, sol.x, target, sol.trajectory, title)
     print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {npz}, {png}")

@@ -1,4 +1,4 @@
-"""Figures of 2D flows: samples beside the target, and trajectories from source to samples."""
+"""Figures of low-dimensional flows: samples beside the target, and trajectories from source to samples."""
 
 from __future__ import annotations
 
@@ -16,26 +16,39 @@ __all__ = ["plot_flow"]
 def plot_flow(path: str | pathlib.Path, samples, target, trajectory=None, title: str = "") -> None:
     """Write a PNG: samples over target points (left) and, when given, trajectories (right).
 
-    `trajectory` has shape (K, n, 2), from the source (index 0) to the samples (index K - 1).
+    `trajectory` has shape (K, n, d), from the source (index 0) to the samples (index K - 1).
+    Points of dimension d > 2 are drawn by their first two coordinates; in one dimension the
+    left panel shows histograms and the right one x against the solver's step index.
     """
     samples, target = np.asarray(samples), np.asarray(target)
+    one_d = samples.shape[1] == 1
     panels = 2 if trajectory is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5), squeeze=False)
     ax = axes[0, 0]
-    ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.3, c="tab:gray", label="target")
-    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
-    ax.legend(loc="upper right", markerscale=4)
+    if one_d:
+        bins = np.histogram_bin_edges(np.concatenate([samples[:, 0], target[:, 0]]), bins=60)
+        ax.hist(target[:, 0], bins=bins, density=True, alpha=0.4, color="tab:gray", label="target")
+        ax.hist(samples[:, 0], bins=bins, density=True, histtype="step", color="tab:blue", label="samples")
+        ax.legend(loc="upper right")
+    else:
+        ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.3, c="tab:gray", label="target")
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
+        ax.legend(loc="upper right", markerscale=4)
+        ax.set_aspect("equal")
     ax.set_title(title or "samples")
     if trajectory is not None:
         traj = np.asarray(trajectory)[:, :1000]
         ax = axes[0, 1]
-        ax.plot(traj[:, :, 0], traj[:, :, 1], lw=0.3, alpha=0.3, c="olive")
-        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, c="black", label="x0")
-        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, c="tab:blue", label="x1")
-        ax.legend(loc="upper right", markerscale=4)
+        if one_d:
+            ax.plot(np.arange(len(traj)), traj[:, :, 0], lw=0.3, alpha=0.3, c="olive")
+            ax.set_xlabel("saved step (source left, samples right)")
+        else:
+            ax.plot(traj[:, :, 0], traj[:, :, 1], lw=0.3, alpha=0.3, c="olive")
+            ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, c="black", label="x0")
+            ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, c="tab:blue", label="x1")
+            ax.legend(loc="upper right", markerscale=4)
+            ax.set_aspect("equal")
         ax.set_title("trajectories")
-    for ax in axes.ravel():
-        ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

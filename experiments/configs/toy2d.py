@@ -4,7 +4,9 @@
     fm-jax train --config experiments/configs/toy2d.py --config.method=icfm --config.target=8gaussians --workdir W
 
 Methods: icfm, otcfm, sbcfm, fm, si. Densities: normal, 8gaussians, moons, scurve,
-checkerboard, spirals.
+checkerboard, spirals, or file:PATH to your own (N, d) points in a .npy/.npz file:
+
+    fm-jax train --config experiments/configs/toy2d.py --config.target=file:points.npy --workdir W
 """
 
 import ml_collections

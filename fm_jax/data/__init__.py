@@ -1,5 +1,50 @@
-"""Data for fm_jax: toy 2D densities sampled inside jit (`toy2d`)."""
+"""Data for fm_jax: the densities a flow is trained between.
 
-from fm_jax.data import toy2d
+A density spec is the name of a toy 2D density (`toy2d`; "normal" is N(0, I) in the
+dimension of the other side) or `file:PATH` to a user-supplied point cloud (`points`).
+`densities(source, target)` resolves a pair into samplers `(key, n) -> (n, d)` of one
+dimension d, checking files (shape, NaN) on the host before anything compiles.
+"""
 
-__all__ = ["toy2d"]
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+
+from fm_jax.data import points, toy2d
+
+__all__ = ["Density", "densities", "points", "toy2d"]
+
+
+class Density(NamedTuple):
+    """A sampler `(key, n) -> (n, dim)`, jittable with n static, and its dimension."""
+
+    sample: Callable[[jax.Array, int], jax.Array]
+    dim: int
+
+
+def _resolve(spec: str) -> Density | None:
+    """The density a spec names; None for "normal", whose dimension comes from the other side."""
+    if points.is_file_spec(spec):
+        data = points.load_points(points.file_path(spec))
+        return Density(points.empirical(data), data.shape[1])
+    sampler = toy2d.get_density(spec)
+    return None if spec == "normal" else Density(sampler, 2)
+
+
+def _normal(dim: int) -> Density:
+    return Density(lambda key, n: jax.random.normal(key, (n, dim)), dim)
+
+
+def densities(source: str, target: str) -> tuple[Density, Density]:
+    """The (source, target) densities of two specs, of one dimension."""
+    src, tgt = _resolve(source), _resolve(target)
+    dim = (src or tgt or _normal(2)).dim
+    src, tgt = src or _normal(dim), tgt or _normal(dim)
+    if src.dim != tgt.dim:
+        raise ValueError(
+            f"The source {source!r} has dimension {src.dim} and the target {target!r} dimension {tgt.dim}: "
+            "flows map between spaces of one dimension."
+        )
+    return src, tgt

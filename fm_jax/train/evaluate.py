@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from fm_jax import metrics, solvers
-from fm_jax.data import toy2d
+from fm_jax import data
 from fm_jax.train.workdir import Run
 
 __all__ = ["evaluate", "parse_solver", "reference_w2_sq", "solve_kwargs"]
@@ -36,7 +36,8 @@ def solve_kwargs(name: str, steps: int | None, rtol: float, atol: float) -> dict
 def reference_w2_sq(source: str, target: str, num: int, seed: int = 0) -> float:
     """W2^2 between `num` fresh source and target samples: the denominator of the normalized path energy."""
     _, k_tgt, k_ref = jax.random.split(jax.random.key(seed), 3)
-    return metrics.w2(np.asarray(toy2d.sample(source, k_ref, num)), np.asarray(toy2d.sample(target, k_tgt, num))) ** 2
+    src, tgt = data.densities(source, target)
+    return metrics.w2(np.asarray(src.sample(k_ref, num)), np.asarray(tgt.sample(k_tgt, num))) ** 2
 
 
 def evaluate(
@@ -56,8 +57,9 @@ def evaluate(
     parsed = [parse_solver(spec) for spec in specs]
     config = run.config
     k_src, k_tgt, _ = jax.random.split(jax.random.key(seed), 3)
-    source = toy2d.sample(config.source, k_src, num)
-    target = np.asarray(toy2d.sample(config.target, k_tgt, num))
+    src, tgt = data.densities(config.source, config.target)
+    source = src.sample(k_src, num)
+    target = np.asarray(tgt.sample(k_tgt, num))
     w2_sq = w2_sq_source_target
     if w2_sq is None:
         w2_sq = reference_w2_sq(config.source, config.target, num, seed)

@@ -1,7 +1,7 @@
 """The single-process training driver: several optimizer steps per jitted call, logs, orbax save.
 
 `train(config, workdir)` trains `config.method` from `config.source` to `config.target`
-(toy 2D densities drawn inside the step) with an MLP, and leaves in `workdir`:
+(densities of `fm_jax.data`: toy 2D densities or point files, drawn inside the step) with an MLP, and leaves in `workdir`:
 `config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/`
 (the final `TrainState`, orbax). `steps_per_call` optimizer steps run inside one jitted
 `lax.scan`, so that a small model is not bound by Python dispatch.
@@ -23,7 +23,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
-from fm_jax.data import toy2d
+from fm_jax import data
+from fm_jax.data import points
 from fm_jax.models import MLP, functional
 from fm_jax.train.methods import build_loss
 
@@ -42,8 +43,7 @@ class TrainState(NamedTuple):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every mistake that can be found before compiling, as one clear error."""
-    for field in ("source", "target"):
-        toy2d.get_density(config[field])
+    data.densities(config.source, config.target)  # names, point files (shape, NaN) and dimensions
     build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
     if config.optimizer not in ("adam", "adamw"):
         raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose 'adam' or 'adamw'.")
@@ -61,9 +61,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.learning_rate must be positive, got {config.learning_rate}.")
 
 
+def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy whose point-file specs are absolute, so that the saved config works from any directory."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field in ("source", "target"):
+        if points.is_file_spec(config[field]):
+            config[field] = points.FILE_PREFIX + str(points.file_path(config[field]))
+    return config
+
+
 def build_model(config: ml_collections.ConfigDict, seed: int = 0):
-    """(apply, params) of the config's MLP."""
-    model = MLP(2, config.model.width, config.model.depth, config.model.activation, rngs=nnx.Rngs(seed))
+    """(apply, params) of the config's MLP, in the dimension of its densities."""
+    dim = data.densities(config.source, config.target)[0].dim
+    model = MLP(dim, config.model.width, config.model.depth, config.model.activation, rngs=nnx.Rngs(seed))
     return functional(model)
 
 
@@ -98,12 +108,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     workdir = pathlib.Path(workdir).absolute()
     if (workdir / CHECKPOINT).exists():
         raise ValueError(f"{workdir} already holds a trained model: pass a new --workdir (nothing was changed).")
+    config = with_absolute_files(config)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=1))
 
     apply, optimizer, state = init_state(config)
     loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
-    source, target = toy2d.get_density(config.source), toy2d.get_density(config.target)
+    source, target = (d.sample for d in data.densities(config.source, config.target))
     n = config.batch_size
 
     def one_step(state: TrainState, _):
