@@ -92,13 +92,13 @@ def markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 4096])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3072])
     parser.add_argument("--skip-exact-above", type=int, default=4096, help="largest n timed for ExactOT")
     parser.add_argument("--out", default="results/couplings.json", help="JSON; a markdown table is written beside it")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
     print(machine)

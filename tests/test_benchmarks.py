@@ -1,0 +1,31 @@
+"""The benchmark scripts run end to end on a tiny budget and write the figures the README quotes."""
+
+import importlib
+import json
+import pathlib
+
+BENCH = pathlib.Path(__file__).parent.parent / "experiments" / "bench"
+
+
+def test_train_speed_writes_every_variant_and_ratio(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "speed.json"
+    importlib.import_module("train_speed").main(["--seconds", "0.01", "--steps-per-call", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["steps_per_s"]) == {"bare", "bare_drawn", "icfm", "icfm_driver", "otcfm_network_simplex",
+                                          "otcfm_hungarian", "assignment_network_simplex"}
+    assert all(rate > 0 for rate in result["steps_per_s"].values())
+    ratios = result["ratios"]
+    # Each ratio is the quotient of two measured rates, and OT-CFM's bound is 1 + (its share of the assignment).
+    assert ratios["icfm_over_bare_time"] == result["steps_per_s"]["bare"] / result["steps_per_s"]["icfm"]
+    assert ratios["otcfm_bound_from_assignment_over_icfm_time"] > 1.0
+
+
+def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "couplings.json"
+    importlib.import_module("couplings").main(["--sizes", "16", "--dims", "2", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    # ExactOT reaches SciPy's optimum; an entropic plan cannot beat it.
+    assert abs(row["exact_gap"]) < 1e-5 and row["sinkhorn_gap"] > -1e-6
+    assert "| 16 | 2 |" in (tmp_path / "couplings.md").read_text()
