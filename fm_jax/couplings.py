@@ -125,7 +125,13 @@ def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, ja
 
 
 class Coupling:
-    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`."""
+    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`.
+
+    `on_host` is true for couplings that call back into the host (a CPU solver): a training
+    driver runs those outside its multi-device step (`fm_jax.train.batches`).
+    """
+
+    on_host = False
 
     def __call__(self, key, x0, x1, labels=None):
         raise NotImplementedError
@@ -165,6 +171,10 @@ class ExactOT(Coupling):
     def __post_init__(self):
         if self.solver not in EXACT_SOLVERS:
             raise ValueError(f"Unknown exact OT solver {self.solver!r}; choose one of {EXACT_SOLVERS}.")
+
+    @property
+    def on_host(self) -> bool:
+        return self.solver == "network_simplex"
 
     def assignment(self, x0, x1, labels=None) -> jax.Array:
         """perm such that (x0[perm[j]], x1[j]) is the optimal pairing."""

@@ -1,6 +1,11 @@
-"""Shared fixtures: every path the library defines, with non-trivial parameters."""
+"""Shared setup: 8 fake CPU devices for the sharding tests, and every path the library defines."""
 
+import jax
 import pytest
+
+# Before any backend starts: the suite sees 8 CPU devices, so sharded runs compare against
+# single-device ones (mesh.num_devices=1) in one process. Unsharded code runs on device 0.
+jax.config.update("jax_num_cpu_devices", 8)
 
 import fm_jax as fm
 

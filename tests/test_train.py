@@ -31,7 +31,7 @@ def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tm
     restored = ocp.StandardCheckpointer().restore(workdir / "checkpoint")
     assert int(restored["step"]) == 400
     cfg = load_config(CONFIG)
-    apply, _ = fm.train.loop.build_model(cfg)
+    apply, _ = fm.train.state.build_model(cfg)
     x = fm.sample(fm.velocity_field(apply, restored["params"]), jax.random.normal(jax.random.key(0), (2000, 2)),
                   solver="dopri5", rtol=1e-4, atol=1e-4).x
     radius = np.linalg.norm(np.asarray(x), axis=1)
@@ -49,6 +49,12 @@ def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tm
         (["--config.steps_per_call=300"], "multiples of steps_per_call"),
         (["--config.method=fm", "--config.source=moons"], "needs the 'normal' source"),
         (["--learning-rate=1"], "Unknown argument"),
+        (["--config.batch_size=100"], "batch_size 100 does not split over 8 devices"),
+        (["--config.mesh.num_devices=9"], "num_devices = 9, but 8 devices are visible"),
+        (["--config.coupling_scope=group", "--config.coupling_group=5"], "coupling_group 5 does not divide"),
+        (["--config.coupling_scope=local"], "Unknown coupling_scope 'local'"),
+        (["--config.mesh.param_layout=zero3"], "Unknown mesh.param_layout 'zero3'"),
+        (["--config.precision=fp16"], "Unknown precision 'fp16'"),
     ],
 )
 def test_bad_config_fails_before_anything_is_written(tmp_path, extra, message):
@@ -94,7 +100,7 @@ def test_non_gaussian_source_and_ema(tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(np.isfinite(losses))
     # The EMA trails the parameters: different, but closer to them than the initialization is.
-    init = fm.train.loop.build_model(config, config.seed)[1]
+    init = fm.train.state.build_model(config, config.seed)[1]
     gap = lambda a, b: sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert 0 < gap(state.ema_params, state.params) < gap(init, state.params)
 

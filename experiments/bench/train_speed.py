@@ -34,7 +34,7 @@ import optax
 from fm_jax import couplings
 from fm_jax.data import toy2d
 from fm_jax.train import build_loss, load_config
-from fm_jax.train.loop import build_model
+from fm_jax.train.state import build_model
 
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
 

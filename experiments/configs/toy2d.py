@@ -31,4 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 100
     config.log_every = 500
     config.seed = 0
+    # Devices and layout (fm_jax.train.sharding, fm_jax.train.step): 0 devices = all visible;
+    # params "replicated" (data parallel) or "fsdp"; couple the "global" batch or each "group"
+    # of coupling_group examples on its device (0: the per-device batch); float32 or bfloat16 compute.
+    config.mesh = ml_collections.ConfigDict({"num_devices": 0, "param_layout": "replicated"})
+    config.coupling_scope = "global"
+    config.coupling_group = 0
+    config.precision = "float32"
     return config

@@ -1,44 +1,42 @@
-"""The single-process training driver: several optimizer steps per jitted call, logs, orbax save.
+"""The training driver: config checks, the host loop around the sharded step, logs, orbax save.
 
 `train(config, workdir)` trains `config.method` from `config.source` to `config.target`
-(densities of `fm_jax.data`: toy 2D densities or point files, drawn inside the step) with an MLP, and leaves in `workdir`:
-`config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/`
-(the final `TrainState`, orbax). `steps_per_call` optimizer steps run inside one jitted
-`lax.scan`, so that a small model is not bound by Python dispatch.
+(densities of `fm_jax.data`: toy 2D densities or point files) with an MLP on a mesh of
+`config.mesh.num_devices` devices (`fm_jax.train.step`), and leaves in `workdir`:
+`config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/` (the
+final `TrainState`, orbax). Each call draws `steps_per_call` batches on the devices, already
+split over the mesh, and runs as many optimizer steps in one jitted `lax.scan`, so that a
+small model is not bound by Python dispatch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
+from jax.sharding import Mesh
 import orbax.checkpoint as ocp
-from flax import nnx
 from tqdm import tqdm
 
 from fm_jax import data
+from fm_jax.couplings import Independent
 from fm_jax.data import points
-from fm_jax.models import MLP, functional
+from fm_jax.train import sharding
+from fm_jax.train.batches import make_batches
 from fm_jax.train.methods import build_loss
+from fm_jax.train.state import TrainState, checkpoint_tree, init_state
+from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
 
-__all__ = ["TrainState", "build_model", "build_optimizer", "check_config", "checkpoint_tree", "init_state", "train"]
+__all__ = ["Engine", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
 
 CHECKPOINT = "checkpoint"
-
-
-class TrainState(NamedTuple):
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    ema_params: Any
-    key: jax.Array
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -59,6 +57,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.ema_decay must be in [0, 1) (0 turns EMA off), got {config.ema_decay}.")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ValueError(f"config.learning_rate must be positive, got {config.learning_rate}.")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {config.precision!r}; choose one of {PRECISIONS}.")
+    if config.coupling_scope not in COUPLING_SCOPES:
+        raise ValueError(f"Unknown coupling_scope {config.coupling_scope!r}; choose one of {COUPLING_SCOPES}.")
+    if config.mesh.param_layout not in sharding.LAYOUTS:
+        raise ValueError(f"Unknown mesh.param_layout {config.mesh.param_layout!r}; choose one of {sharding.LAYOUTS}.")
+    devices = sharding.make_mesh(config.mesh.num_devices).devices.size
+    if config.batch_size % devices:
+        raise ValueError(
+            f"batch_size {config.batch_size} does not split over {devices} devices: "
+            f"use a multiple of {devices} or set --config.mesh.num_devices."
+        )
+    group = coupling_group(config, devices)
+    if config.coupling_scope == "group" and (group < 1 or (config.batch_size // devices) % group):
+        raise ValueError(
+            f"coupling_group {config.coupling_group} does not divide the per-device batch "
+            f"{config.batch_size // devices}: choose a divisor (0 couples each device's batch as one group)."
+        )
+
+
+def coupling_group(config: ml_collections.ConfigDict, devices: int) -> int:
+    """Examples per coupling group: `config.coupling_group`, or the per-device batch when 0."""
+    return config.coupling_group or config.batch_size // devices
 
 
 def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -70,36 +91,40 @@ def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.Con
     return config
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int = 0):
-    """(apply, params) of the config's MLP, in the dimension of its densities."""
-    dim = data.densities(config.source, config.target)[0].dim
-    model = MLP(dim, config.model.width, config.model.depth, config.model.activation, rngs=nnx.Rngs(seed))
-    return functional(model)
+class Engine(NamedTuple):
+    """What a run needs on its devices: the step-0 state (placed), `batches(key, first_step)`,
+    the jitted `steps(state, batches) -> (state, losses)`, the data key, and the mesh."""
+
+    state: TrainState
+    batches: Callable[[jax.Array, int], dict]
+    steps: Callable[[TrainState, dict], tuple[TrainState, jax.Array]]
+    data_key: jax.Array
+    mesh: Mesh
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    if config.optimizer == "adamw":
-        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    return optax.adam(config.learning_rate)
-
-
-def init_state(config: ml_collections.ConfigDict):
-    """(apply, optimizer, the step-0 TrainState) of a config; also the structure a checkpoint restores onto."""
-    apply, params = build_model(config, config.seed)
-    optimizer = build_optimizer(config)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        ema_params=params,
-        key=jax.random.key(config.seed),
+def build_engine(config: ml_collections.ConfigDict) -> Engine:
+    """The state, batch source and sharded step of a checked config, on `config.mesh.num_devices` devices."""
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    apply, optimizer, state = init_state(config)
+    state_sharding = sharding.state_shardings(state, mesh, config.mesh.param_layout)
+    state = jax.device_put(state, state_sharding)
+    loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
+    group = coupling_group(config, mesh.devices.size)
+    # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
+    batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size)
+    steps = make_train_step(
+        dataclasses.replace(loss, coupling=Independent()) if loss.coupling.on_host else loss,
+        apply,
+        optimizer,
+        mesh=mesh,
+        state_sharding=state_sharding,
+        ema_decay=config.ema_decay,
+        coupling_scope=config.coupling_scope,
+        coupling_group=group,
+        precision=config.precision,
     )
-    return apply, optimizer, state
-
-
-def checkpoint_tree(state: TrainState) -> dict:
-    """The state as orbax saves it: a dict, the typed key as its raw key data."""
-    return state._replace(key=jax.random.key_data(state.key))._asdict()
+    # The state's key, kept on the host too: drawing batches never waits for a step.
+    return Engine(state, batches, steps, jax.random.key(config.seed), mesh)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> TrainState:
@@ -112,48 +137,36 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=1))
 
-    apply, optimizer, state = init_state(config)
-    loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
-    source, target = (d.sample for d in data.densities(config.source, config.target))
-    n = config.batch_size
-
-    def one_step(state: TrainState, _):
-        key = jax.random.fold_in(state.key, state.step)
-        k_x0, k_x1, k_loss = jax.random.split(key, 3)
-        batch = {"x1": target(k_x1, n)}
-        if config.source != "normal":
-            batch["x0"] = source(k_x0, n)
-        value, grads = jax.value_and_grad(lambda p: loss(apply, p, k_loss, batch)[0])(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
-        return TrainState(state.step + 1, params, opt_state, ema, state.key), value
-
-    @jax.jit
-    def run(state: TrainState):
-        state, values = jax.lax.scan(one_step, state, length=config.steps_per_call)
-        return state, jnp.mean(values)
+    engine = build_engine(config)
+    state, batches, steps, data_key = engine.state, engine.batches, engine.steps, engine.data_key
 
     bar = tqdm(total=config.num_steps, disable=not progress, unit="step", dynamic_ncols=True)
     began = start = time.perf_counter()
     timed_from, losses = 0, []
     with open(workdir / "metrics.jsonl", "a") as log:
-        for call in range(1, config.num_steps // config.steps_per_call + 1):
-            state, value = run(state)
-            losses.append(value)
+        calls = config.num_steps // config.steps_per_call
+        next_batches = batches(data_key, 0)
+        for call in range(calls):
+            first = call * config.steps_per_call  # counted on the host: no device sync per call
+            state, values = steps(state, next_batches)
+            if call + 1 < calls:  # prepared while the devices run this call
+                next_batches = batches(data_key, first + config.steps_per_call)
+            losses.append(values)
+            step = first + config.steps_per_call
             bar.update(config.steps_per_call)
-            step = call * config.steps_per_call  # counted on the host: no device sync per call
-            if call == 1 and config.num_steps > step:
-                # steps/s counts from the end of the first (compiling) call: one sync, once.
-                jax.block_until_ready(state)
+            if call == 0 and config.num_steps > step:
+                # steps/s counts from the end of the first (compiling) call: one sync, once. On the
+                # losses, not the state: blocking on a typed key array holds the GIL, which
+                # deadlocks a host callback (the network simplex) still running in the call.
+                values.block_until_ready()
                 start, timed_from = time.perf_counter(), step
             if step % config.log_every == 0 or step == config.num_steps:
-                mean = float(jnp.mean(jnp.stack(losses)))
+                mean = float(jnp.mean(jnp.concatenate(losses)))
                 losses = []
                 if not math.isfinite(mean):
                     raise FloatingPointError(f"The loss is {mean} at step {step}: lower the learning rate.")
-                steps, since = (step - timed_from, start) if step > timed_from else (step, began)
-                rate = steps / (time.perf_counter() - since)
+                steps_done, since = (step - timed_from, start) if step > timed_from else (step, began)
+                rate = steps_done / (time.perf_counter() - since)
                 bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
                 log.write(json.dumps({"step": step, "loss": mean, "steps_per_s": rate}) + "\n")
                 log.flush()

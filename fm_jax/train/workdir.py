@@ -9,7 +9,8 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 import orbax.checkpoint as ocp
 
-from fm_jax.train.loop import CHECKPOINT, checkpoint_tree, init_state
+from fm_jax.train.loop import CHECKPOINT
+from fm_jax.train.state import checkpoint_tree, init_state
 
 __all__ = ["Run", "load_run"]
 

@@ -1,0 +1,71 @@
+"""Device meshes and the layout of the train state and batches on them.
+
+One mesh axis, "data": batches are split along their example axis over it. Parameters (and
+the optimizer state and EMA that mirror them) are laid out by `param_layout`:
+
+- "replicated": every device holds all of them (data parallelism);
+- "fsdp": each array is split over "data" along its largest axis that the device count
+  divides, and kept whole where none does (fully sharded data parallelism, for models
+  whose state does not fit one device). XLA gathers the pieces where a layer uses them.
+
+Axes are `AxisType.Auto`, so XLA's partitioner places the collectives; the numbers do not
+depend on the layout beyond floating-point reassociation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["DATA", "LAYOUTS", "batch_sharding", "make_mesh", "replicated", "state_shardings"]
+
+DATA = "data"
+LAYOUTS = ("replicated", "fsdp")
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A one-axis "data" mesh over the first `num_devices` devices (0: all of them)."""
+    devices = jax.devices()
+    if num_devices < 0 or num_devices > len(devices):
+        raise ValueError(
+            f"config.mesh.num_devices = {num_devices}, but {len(devices)} devices are visible: "
+            f"choose 1..{len(devices)}, or 0 for all."
+        )
+    chosen = devices[: num_devices or len(devices)]
+    return Mesh(np.asarray(chosen), (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Examples split over "data" after `leading_axes` unsplit axes (e.g. the steps of one call)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), DATA))
+
+
+def _fsdp_spec(shape: tuple[int, ...], devices: int) -> PartitionSpec:
+    """Split the largest axis that `devices` divides; replicate when none does (biases of odd size, scalars)."""
+    axes = [i for i in np.argsort(shape)[::-1] if shape[i] % devices == 0 and shape[i] >= devices]
+    if not axes or devices == 1:
+        return PartitionSpec()
+    spec = [None] * len(shape)
+    spec[axes[0]] = DATA
+    return PartitionSpec(*spec)
+
+
+def state_shardings(state: Any, mesh: Mesh, layout: str) -> Any:
+    """A NamedSharding per leaf of a train state (arrays or ShapeDtypeStructs)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown param_layout {layout!r}; choose one of {LAYOUTS}.")
+    devices = mesh.shape[DATA]
+
+    def leaf(x):
+        if layout == "replicated" or not getattr(x, "shape", ()):
+            return replicated(mesh)
+        return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), devices))
+
+    return jax.tree.map(leaf, state)
