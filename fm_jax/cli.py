@@ -126,11 +126,12 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 def train(args: argparse.Namespace) -> None:
     from fm_jax.train import apply_overrides, load_config
     from fm_jax.train import train as run_training
+    from fm_jax.train.loop import Interrupted
 
     try:
         config = apply_overrides(load_config(args.config), parse_overrides(args.overrides))
         state = run_training(config, args.workdir)
-    except ValueError as err:
+    except (ValueError, FloatingPointError, Interrupted) as err:
         raise SystemExit(str(err)) from None
     print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}")
 

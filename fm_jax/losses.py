@@ -71,7 +71,7 @@ class CFMLoss:
         k_x0, k_pair, k_t, k_z = jax.random.split(key, 4)
         x0 = batch["x0"] if "x0" in batch else jax.random.normal(k_x0, x1.shape, x1.dtype)
         x0, x1, labels = self.coupling(k_pair, x0, x1, labels)
-        t = self.time_sampler(k_t, x1.shape[0])
+        t = jnp.clip(self.time_sampler(k_t, x1.shape[0]), *self.path.t_range)
         sample = self.path.sample(k_z, x0, x1, t)
         if self.target == "velocity":
             target = sample.u_t

@@ -34,6 +34,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+# How far a loss keeps t from an end where the path's velocity is singular (`GaussianPath.t_range`).
+SINGULAR_END_MARGIN = 1e-5
+
 __all__ = [
     "PREDICTIONS",
     "BrownianBridge",
@@ -94,6 +97,12 @@ class GaussianPath:
     def has_noise(self) -> bool:
         """Whether g is not identically zero; paths without noise skip z entirely."""
         return type(self).g is not GaussianPath.g
+
+    @property
+    def t_range(self) -> tuple[float, float]:
+        """The times a loss trains on: [0, 1], less an end where a schedule's derivative is
+        singular (u_t is infinite there, and U[0, 1) draws t = 0 once in ~10^7 draws)."""
+        return (0.0, 1.0)
 
     # -- schedules and their derivatives -------------------------------------------------
     def coefficients(self, t: jax.Array):
@@ -253,6 +262,10 @@ class BrownianBridge(GaussianPath):
     def has_noise(self) -> bool:
         return self.sigma != 0.0
 
+    @property
+    def t_range(self) -> tuple[float, float]:
+        return (SINGULAR_END_MARGIN, 1.0 - SINGULAR_END_MARGIN) if self.has_noise else (0.0, 1.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class Trigonometric(GaussianPath):
@@ -338,6 +351,10 @@ class Cosine(GaussianPath):
 
     def b(self, t):
         return jnp.sqrt(self._abar(t))
+
+    @property
+    def t_range(self) -> tuple[float, float]:
+        return (0.0, 1.0 - SINGULAR_END_MARGIN)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,3 +131,24 @@ def test_bad_input():
         loss(lambda *a: None, None, jax.random.key(0), {"x": jnp.zeros((2, 2))})
     with pytest.raises(ValueError, match="network returned shape"):
         loss(lambda p, t, x, c: x[:, :1], None, jax.random.key(0), {"x1": jnp.zeros((2, 2))})
+
+
+@pytest.mark.parametrize("path, end", [(fm.paths.BrownianBridge(1.0), 0.0), (fm.paths.BrownianBridge(1.0), 1.0),
+                                       (fm.paths.Cosine(), 1.0)], ids=["bridge-t0", "bridge-t1", "cosine-t1"])
+def test_times_at_a_singular_end_are_kept_inside_and_the_loss_stays_finite(path, end):
+    # u_t is infinite at these ends; a sampler that returns exactly the end must not turn the loss into inf/NaN.
+    loss = fm.cfm_loss(path, time_sampler=lambda key, n: jnp.full((n,), end))
+    apply = lambda params, t, x, cond: params * x
+    batch = {"x1": jax.random.normal(jax.random.key(1), (16, 2))}
+    value, grad = jax.value_and_grad(lambda p: loss(apply, p, jax.random.key(0), batch)[0])(jnp.float32(0.5))
+    assert np.isfinite(value) and np.isfinite(grad)
+    lo, hi = path.t_range
+    assert 0.0 <= lo < hi <= 1.0 and (lo > 0.0 if end == 0.0 else hi < 1.0)
+
+
+def test_only_paths_with_a_singular_end_narrow_the_time_range():
+    from conftest import ALL_PATHS
+
+    for path in ALL_PATHS:
+        singular = isinstance(path, fm.paths.Cosine) or (isinstance(path, fm.paths.BrownianBridge) and path.has_noise)
+        assert (path.t_range != (0.0, 1.0)) == singular, path

@@ -6,7 +6,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import fm_jax as fm
@@ -28,11 +27,9 @@ def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tm
     assert [line["step"] for line in lines] == [200, 400]
     assert lines[1]["loss"] < lines[0]["loss"]
     # The saved parameters define a flow whose samples sit on the 8 modes at radius 5.
-    restored = ocp.StandardCheckpointer().restore(workdir / "checkpoint")
-    assert int(restored["step"]) == 400
-    cfg = load_config(CONFIG)
-    apply, _ = fm.train.state.build_model(cfg)
-    x = fm.sample(fm.velocity_field(apply, restored["params"]), jax.random.normal(jax.random.key(0), (2000, 2)),
+    run = fm.train.load_run(workdir)
+    assert run.step == 400 and sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["400"]
+    x = fm.sample(fm.velocity_field(run.apply, run.params), jax.random.normal(jax.random.key(0), (2000, 2)),
                   solver="dopri5", rtol=1e-4, atol=1e-4).x
     radius = np.linalg.norm(np.asarray(x), axis=1)
     assert abs(np.median(radius) - 5.0) < 0.5
@@ -64,13 +61,14 @@ def test_bad_config_fails_before_anything_is_written(tmp_path, extra, message):
     assert not workdir.exists()
 
 
-def test_existing_model_is_never_overwritten(tmp_path):
-    workdir = tmp_path / "run"
-    (workdir / "checkpoint").mkdir(parents=True)
-    (workdir / "metrics.jsonl").write_text("keep me\n")
-    with pytest.raises(SystemExit, match="already holds a trained model"):
-        cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), *SHORT])
-    assert (workdir / "metrics.jsonl").read_text() == "keep me\n"
+def test_a_finished_or_different_run_is_never_overwritten(trained):
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=r"already holds a trained model \(step 400\)"):
+        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT])
+    with pytest.raises(SystemExit, match=r"holds a run with another config \(learning_rate differ\)"):
+        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT, "--config.target=8gaussians",
+                  "--config.ema_decay=0.5", "--config.num_steps=800", "--config.learning_rate=1e-2"])
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
 
 
 def test_methods_are_the_published_path_and_coupling_pairs():

@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_steps = 5000
     config.steps_per_call = 100
     config.log_every = 500
+    # Checkpoints (fm_jax.train.checkpoints): every so many steps, at the end and on SIGTERM/SIGINT;
+    # the same command resumes a killed run.
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
     config.seed = 0
     # Devices and layout (fm_jax.train.sharding, fm_jax.train.step): 0 devices = all visible;
     # params "replicated" (data parallel) or "fsdp"; couple the "global" batch or each "group"

@@ -1,8 +1,10 @@
-"""Training: methods by name, config handling, the train state, the sharded step and the driver loop."""
+"""Training: methods by name, configs, the train state, the sharded step, checkpoints and the driver loop."""
 
 from fm_jax.train.configs import apply_overrides, load_config
-from fm_jax.train.loop import train
-from fm_jax.train.state import TrainState
+from fm_jax.train.loop import Interrupted, train
 from fm_jax.train.methods import METHODS, build_loss
+from fm_jax.train.state import TrainState
+from fm_jax.train.workdir import Run, load_run
 
-__all__ = ["METHODS", "TrainState", "apply_overrides", "build_loss", "load_config", "train"]
+__all__ = ["METHODS", "Interrupted", "Run", "TrainState", "apply_overrides", "build_loss", "load_config",
+           "load_run", "train"]

@@ -11,18 +11,20 @@ small model is not bound by Python dispatch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from fm_jax import data
@@ -30,13 +32,13 @@ from fm_jax.couplings import Independent
 from fm_jax.data import points
 from fm_jax.train import sharding
 from fm_jax.train.batches import make_batches
+from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.methods import build_loss
-from fm_jax.train.state import TrainState, checkpoint_tree, init_state
+from fm_jax.train.state import TrainState, init_state
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
 
-__all__ = ["Engine", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
+__all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
 
-CHECKPOINT = "checkpoint"
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -53,6 +55,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"num_steps ({config.num_steps}) and log_every ({config.log_every}) must be multiples of "
             f"steps_per_call ({config.steps_per_call}): set --config.steps_per_call to a common divisor."
         )
+    if config.checkpoint_every < 0 or config.checkpoint_every % config.steps_per_call:
+        raise ValueError(
+            f"checkpoint_every ({config.checkpoint_every}) must be a multiple of steps_per_call "
+            f"({config.steps_per_call}), or 0 to checkpoint only at the end."
+        )
+    if config.keep_checkpoints < 1:
+        raise ValueError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}.")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1) (0 turns EMA off), got {config.ema_decay}.")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
@@ -127,51 +136,135 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
     return Engine(state, batches, steps, jax.random.key(config.seed), mesh)
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived: the state was checkpointed and training stopped."""
+
+
+@contextlib.contextmanager
+def _signals_caught(flag: list):
+    """Turn SIGTERM/SIGINT into a request (`flag`) that the loop honours between calls."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: flag.append(signal.Signals(signum).name))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """A new workdir gets the config; an existing one must hold the same run. num_steps may
+    grow (training goes on) and the mesh may change (a run saved on 8 devices resumes on 4)."""
+    saved = workdir / "config.json"
+    if not saved.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(config.to_json(indent=1))
+        return
+    old = json.loads(saved.read_text())
+    new = json.loads(config.to_json())
+    differ = sorted(k for k in set(old) | set(new) if k not in ("num_steps", "mesh") and old.get(k) != new.get(k))
+    if differ:
+        raise ValueError(
+            f"{workdir} holds a run with another config ({', '.join(differ)} differ): pass a new --workdir, "
+            "or the same config to resume it (nothing was changed)."
+        )
+    saved.write_text(config.to_json(indent=1))  # a longer num_steps extends the run
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Drop the log lines past `step`, which a resumed run writes again."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _check_finite(losses: list, first_step: int, checkpoints: Checkpoints) -> None:
+    """Stop at a NaN/Inf loss, naming its step and the last good checkpoint, which is kept."""
+    values = np.concatenate([np.asarray(v) for v in losses])
+    bad = ~np.isfinite(values)
+    if bad.any():
+        at = first_step + int(np.argmax(bad)) + 1
+        kept = checkpoints.steps()
+        last = f"the last good checkpoint is step {kept[-1]} in {checkpoints.directory}" if kept else "no checkpoint was written"
+        raise FloatingPointError(
+            f"The loss is {values[bad][0]} at step {at}: training stopped; {last}. "
+            "Lower the learning rate or check the data."
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> TrainState:
-    """Train from scratch into an empty or new workdir; returns the final state."""
+    """Train into a new workdir, or resume the run in it from its last checkpoint; returns the final state.
+
+    A checkpoint is written every `config.checkpoint_every` steps, at the end, and when SIGTERM
+    or SIGINT arrives (then `Interrupted` is raised). The same command resumes a killed run and
+    ends with the same parameters, bit for bit, as a run never interrupted.
+    """
     check_config(config)
     workdir = pathlib.Path(workdir).absolute()
-    if (workdir / CHECKPOINT).exists():
-        raise ValueError(f"{workdir} already holds a trained model: pass a new --workdir (nothing was changed).")
     config = with_absolute_files(config)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json(indent=1))
+    checkpoints_dir = workdir / CHECKPOINTS
+    if checkpoints_dir.exists():
+        done = Checkpoints(workdir, read_only=True).steps()
+        if done and done[-1] >= config.num_steps:
+            raise ValueError(
+                f"{workdir} already holds a trained model (step {done[-1]}): pass a new --workdir, "
+                "or a larger --config.num_steps to train on (nothing was changed)."
+            )
+    _prepare_workdir(config, workdir)
 
     engine = build_engine(config)
-    state, batches, steps, data_key = engine.state, engine.batches, engine.steps, engine.data_key
+    state_sharding = jax.tree.map(lambda x: x.sharding, engine.state)
+    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+    restored = checkpoints.restore_latest(engine.state, state_sharding)
+    state, start_step = restored if restored else (engine.state, 0)
+    _truncate_metrics(workdir / "metrics.jsonl", start_step)
+    batches, steps, data_key = engine.batches, engine.steps, engine.data_key
 
-    bar = tqdm(total=config.num_steps, disable=not progress, unit="step", dynamic_ncols=True)
-    began = start = time.perf_counter()
-    timed_from, losses = 0, []
-    with open(workdir / "metrics.jsonl", "a") as log:
-        calls = config.num_steps // config.steps_per_call
-        next_batches = batches(data_key, 0)
-        for call in range(calls):
-            first = call * config.steps_per_call  # counted on the host: no device sync per call
-            state, values = steps(state, next_batches)
-            if call + 1 < calls:  # prepared while the devices run this call
-                next_batches = batches(data_key, first + config.steps_per_call)
-            losses.append(values)
-            step = first + config.steps_per_call
-            bar.update(config.steps_per_call)
-            if call == 0 and config.num_steps > step:
-                # steps/s counts from the end of the first (compiling) call: one sync, once. On the
-                # losses, not the state: blocking on a typed key array holds the GIL, which
-                # deadlocks a host callback (the network simplex) still running in the call.
-                values.block_until_ready()
-                start, timed_from = time.perf_counter(), step
-            if step % config.log_every == 0 or step == config.num_steps:
-                mean = float(jnp.mean(jnp.concatenate(losses)))
-                losses = []
-                if not math.isfinite(mean):
-                    raise FloatingPointError(f"The loss is {mean} at step {step}: lower the learning rate.")
-                steps_done, since = (step - timed_from, start) if step > timed_from else (step, began)
-                rate = steps_done / (time.perf_counter() - since)
-                bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
-                log.write(json.dumps({"step": step, "loss": mean, "steps_per_s": rate}) + "\n")
-                log.flush()
-    bar.close()
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(workdir / CHECKPOINT, jax.device_get(checkpoint_tree(state)))
-    checkpointer.wait_until_finished()
+    bar = tqdm(total=config.num_steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    try:
+        began = start = time.perf_counter()
+        timed_from, losses, losses_from, stop = start_step, [], start_step, []
+        with open(workdir / "metrics.jsonl", "a") as log, _signals_caught(stop):
+            first_call, calls = start_step // config.steps_per_call, config.num_steps // config.steps_per_call
+            next_batches = batches(data_key, start_step)
+            for call in range(first_call, calls):
+                first = call * config.steps_per_call  # counted on the host: no device sync per call
+                state, values = steps(state, next_batches)
+                if call + 1 < calls:  # prepared while the devices run this call
+                    next_batches = batches(data_key, first + config.steps_per_call)
+                losses.append(values)
+                step = first + config.steps_per_call
+                bar.update(config.steps_per_call)
+                if call == first_call and config.num_steps > step:
+                    values.block_until_ready()  # steps/s counts from the end of the first (compiling) call
+                    start, timed_from = time.perf_counter(), step
+                log_now = step % config.log_every == 0 or step == config.num_steps
+                save_now = step == config.num_steps or bool(stop) or (
+                    config.checkpoint_every and step % config.checkpoint_every == 0
+                )
+                if log_now or save_now:
+                    _check_finite(losses, losses_from, checkpoints)
+                if log_now:
+                    mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
+                    losses, losses_from = [], step
+                    steps_done, since = (step - timed_from, start) if step > timed_from else (step - start_step, began)
+                    rate = steps_done / (time.perf_counter() - since)
+                    bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
+                    log.write(json.dumps({"step": step, "loss": mean, "steps_per_s": rate}) + "\n")
+                    log.flush()
+                if save_now:
+                    checkpoints.save(state, step)
+                if stop:
+                    raise Interrupted(
+                        f"{stop[0]} at step {step}: the state is saved in {checkpoints.directory}; "
+                        "run the same command to resume."
+                    )
+    finally:  # a checkpoint still being written is finished, whatever stopped the loop
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
     return state

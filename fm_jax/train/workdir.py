@@ -6,11 +6,11 @@ import json
 import pathlib
 from typing import Any, Callable, NamedTuple
 
+import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
-from fm_jax.train.loop import CHECKPOINT
-from fm_jax.train.state import checkpoint_tree, init_state
+from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
+from fm_jax.train.state import init_state
 
 __all__ = ["Run", "load_run"]
 
@@ -25,13 +25,15 @@ class Run(NamedTuple):
 
 
 def load_run(workdir: str | pathlib.Path) -> Run:
+    """The latest readable checkpoint of a workdir, on the default device."""
     workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").is_file() or not (workdir / CHECKPOINT).is_dir():
-        raise ValueError(f"{workdir} holds no trained model (no config.json and checkpoint/): run `fm-jax train` first.")
+    if not (workdir / "config.json").is_file() or not (workdir / CHECKPOINTS).is_dir():
+        raise ValueError(f"{workdir} holds no trained model (no config.json and checkpoints/): run `fm-jax train` first.")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     apply, _, state = init_state(config)
-    # Restore onto the structure of a fresh state, so the parameter tree comes back typed.
-    target = checkpoint_tree(state)
-    restored = ocp.StandardCheckpointer().restore((workdir / CHECKPOINT).absolute(), target)
-    chosen = restored["ema_params"] if config.ema_decay > 0 else restored["params"]
-    return Run(config=config, apply=apply, params=chosen, step=int(restored["step"]))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored = Checkpoints(workdir, read_only=True).restore_latest(state, jax.tree.map(lambda _: device, state))
+    if restored is None:
+        raise ValueError(f"{workdir} holds no readable checkpoint: run `fm-jax train` (it resumes where it can).")
+    state, step = restored
+    return Run(config=config, apply=apply, params=state.ema_params if config.ema_decay > 0 else state.params, step=step)
