@@ -133,7 +133,10 @@ def train(args: argparse.Namespace) -> None:
         state = run_training(config, args.workdir)
     except (ValueError, FloatingPointError, Interrupted) as err:
         raise SystemExit(str(err)) from None
-    print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}")
+    summary = json.loads((pathlib.Path(args.workdir) / "summary.json").read_text())
+    print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}: "
+          f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "
+          f"{summary['devices']} device(s), compiled in {summary['compile_s']:.1f} s")
 
 
 def _load(workdir: str):

@@ -154,3 +154,29 @@ def test_eval_reports_every_metric_per_solver(trained):
 def test_sample_and_eval_bad_input(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         cli.main([argv[0], "--workdir", str(tmp_path), *argv[1:]])
+
+
+def read_events(directory):
+    """(tag, step, value) of every scalar in the TensorBoard event files under `directory` (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            length = int.from_bytes(data[i:i + 8], "little")
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            i += 12 + length + 4
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_tensorboard_events_and_summary_match_the_jsonl_log(trained):
+    lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(trained / "tensorboard")
+    for line in lines:
+        assert ("loss", line["step"], pytest.approx(line["loss"], rel=1e-6)) in events
+        assert line["examples_per_s"] == pytest.approx(256 * line["steps_per_s"])
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 400 and summary["devices"] == 8 and summary["compile_s"] > 0
+    assert summary["examples_per_s"] == pytest.approx(256 * summary["steps_per_s"])

@@ -33,6 +33,7 @@ from fm_jax.data import points
 from fm_jax.train import sharding
 from fm_jax.train.batches import make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
+from fm_jax.train.metrics_log import MetricsLog
 from fm_jax.train.methods import build_loss
 from fm_jax.train.state import TrainState, init_state
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
@@ -175,13 +176,6 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     saved.write_text(config.to_json(indent=1))  # a longer num_steps extends the run
 
 
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Drop the log lines past `step`, which a resumed run writes again."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
 def _check_finite(losses: list, first_step: int, checkpoints: Checkpoints) -> None:
     """Stop at a NaN/Inf loss, naming its step and the last good checkpoint, which is kept."""
     values = np.concatenate([np.asarray(v) for v in losses])
@@ -201,13 +195,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
     A checkpoint is written every `config.checkpoint_every` steps, at the end, and when SIGTERM
     or SIGINT arrives (then `Interrupted` is raised). The same command resumes a killed run and
-    ends with the same parameters, bit for bit, as a run never interrupted.
+    ends with the same parameters, bit for bit, as a run never interrupted. At the end,
+    `summary.json` holds the compile time and the throughput.
     """
     check_config(config)
     workdir = pathlib.Path(workdir).absolute()
     config = with_absolute_files(config)
-    checkpoints_dir = workdir / CHECKPOINTS
-    if checkpoints_dir.exists():
+    if (workdir / CHECKPOINTS).exists():
         done = Checkpoints(workdir, read_only=True).steps()
         if done and done[-1] >= config.num_steps:
             raise ValueError(
@@ -217,31 +211,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     _prepare_workdir(config, workdir)
 
     engine = build_engine(config)
-    state_sharding = jax.tree.map(lambda x: x.sharding, engine.state)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    restored = checkpoints.restore_latest(engine.state, state_sharding)
+    restored = checkpoints.restore_latest(engine.state, jax.tree.map(lambda x: x.sharding, engine.state))
     state, start_step = restored if restored else (engine.state, 0)
-    _truncate_metrics(workdir / "metrics.jsonl", start_step)
-    batches, steps, data_key = engine.batches, engine.steps, engine.data_key
+    MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
+    k, data_key = config.steps_per_call, engine.data_key
+    batches = engine.batches(data_key, start_step)
+    began = time.perf_counter()
+    steps = engine.steps.lower(state, batches).compile()  # compiled once, ahead of the loop
+    compile_s = time.perf_counter() - began
 
+    log, stop, losses, losses_from = MetricsLog(workdir), [], [], start_step
     bar = tqdm(total=config.num_steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    began = time.perf_counter()
     try:
-        began = start = time.perf_counter()
-        timed_from, losses, losses_from, stop = start_step, [], start_step, []
-        with open(workdir / "metrics.jsonl", "a") as log, _signals_caught(stop):
-            first_call, calls = start_step // config.steps_per_call, config.num_steps // config.steps_per_call
-            next_batches = batches(data_key, start_step)
-            for call in range(first_call, calls):
-                first = call * config.steps_per_call  # counted on the host: no device sync per call
-                state, values = steps(state, next_batches)
-                if call + 1 < calls:  # prepared while the devices run this call
-                    next_batches = batches(data_key, first + config.steps_per_call)
+        with _signals_caught(stop):
+            for first in range(start_step, config.num_steps, k):  # steps counted on the host: no sync per call
+                state, values = steps(state, batches)
+                step = first + k
+                if step < config.num_steps:  # prepared while the devices run this call
+                    batches = engine.batches(data_key, step)
                 losses.append(values)
-                step = first + config.steps_per_call
-                bar.update(config.steps_per_call)
-                if call == first_call and config.num_steps > step:
-                    values.block_until_ready()  # steps/s counts from the end of the first (compiling) call
-                    start, timed_from = time.perf_counter(), step
+                bar.update(k)
                 log_now = step % config.log_every == 0 or step == config.num_steps
                 save_now = step == config.num_steps or bool(stop) or (
                     config.checkpoint_every and step % config.checkpoint_every == 0
@@ -249,13 +240,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 if log_now or save_now:
                     _check_finite(losses, losses_from, checkpoints)
                 if log_now:
+                    rate = (step - start_step) / (time.perf_counter() - began)
                     mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
                     losses, losses_from = [], step
-                    steps_done, since = (step - timed_from, start) if step > timed_from else (step - start_step, began)
-                    rate = steps_done / (time.perf_counter() - since)
                     bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
-                    log.write(json.dumps({"step": step, "loss": mean, "steps_per_s": rate}) + "\n")
-                    log.flush()
+                    log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
                     checkpoints.save(state, step)
                 if stop:
@@ -265,6 +254,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     )
     finally:  # a checkpoint still being written is finished, whatever stopped the loop
         bar.close()
+        log.close()
         checkpoints.wait()
         checkpoints.close()
+    seconds = time.perf_counter() - began
+    summary = {
+        "steps": config.num_steps - start_step, "devices": int(engine.mesh.devices.size), "compile_s": compile_s,
+        "train_s": seconds, "steps_per_s": (config.num_steps - start_step) / seconds,
+        "examples_per_s": (config.num_steps - start_step) * config.batch_size / seconds,
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return state
