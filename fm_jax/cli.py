@@ -133,6 +133,8 @@ def train(args: argparse.Namespace) -> None:
         state = run_training(config, args.workdir)
     except (ValueError, FloatingPointError, Interrupted) as err:
         raise SystemExit(str(err)) from None
+    if jax.process_index() != 0:
+        return
     summary = json.loads((pathlib.Path(args.workdir) / "summary.json").read_text())
     print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}: "
           f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "

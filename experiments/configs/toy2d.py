@@ -42,4 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.coupling_scope = "global"
     config.coupling_group = 0
     config.precision = "float32"
+    # Multi-process runs (fm_jax.train.distributed): "off", "auto" (TPU pods, SLURM) or "manual",
+    # e.g. --config.distributed.mode=manual --config.distributed.coordinator=127.0.0.1:1234
+    # --config.distributed.num_processes=2 --config.distributed.process_id=0 (and =1 in the other).
+    config.distributed = ml_collections.ConfigDict({
+        "mode": "off", "coordinator": "", "num_processes": 1, "process_id": 0,
+        "init_timeout_s": 300, "heartbeat_timeout_s": 100,
+    })
     return config

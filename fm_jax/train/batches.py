@@ -55,8 +55,11 @@ def make_batches(
     if not coupling.on_host:
         return sample_sharded
 
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]
     assignments = jax.jit(jax.vmap(coupling.assignment))
+    # The examples this process's devices hold: a contiguous run of the batch axis on a 1-axis mesh.
+    rows = [index[1] for index in sharding.addressable_devices_indices_map((calls, n)).values()]
+    local = slice(min(r.start or 0 for r in rows), max(n if r.stop is None else r.stop for r in rows))
 
     def get(key: jax.Array, first_step: int) -> dict:
         with jax.default_device(cpu):
@@ -65,6 +68,11 @@ def make_batches(
             x1 = batch["x1"].reshape(x0.shape)
             perm = np.asarray(assignments(x0, x1))
         x0 = np.take_along_axis(x0, perm.reshape(perm.shape + (1,) * (x0.ndim - 2)), axis=1)
-        return jax.device_put({"x0": x0.reshape(batch["x0"].shape), "x1": batch["x1"]}, sharding)
+        # Every process couples the whole batch (the global coupling needs it), then keeps its rows.
+        pairs = {"x0": x0.reshape(batch["x0"].shape)[:, local], "x1": batch["x1"][:, local]}
+        return {
+            name: jax.make_array_from_process_local_data(sharding, value, batch[name].shape)
+            for name, value in pairs.items()
+        }
 
     return get

@@ -32,7 +32,11 @@ class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
+            enable_async_checkpointing=not read_only,
+            read_only=read_only,
+            create=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from fm_jax import data
 from fm_jax.couplings import Independent
 from fm_jax.data import points
-from fm_jax.train import sharding
+from fm_jax.train import distributed, sharding
 from fm_jax.train.batches import make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.metrics_log import MetricsLog
@@ -117,7 +117,7 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
     mesh = sharding.make_mesh(config.mesh.num_devices)
     apply, optimizer, state = init_state(config)
     state_sharding = sharding.state_shardings(state, mesh, config.mesh.param_layout)
-    state = jax.device_put(state, state_sharding)
+    state = sharding.place(state, state_sharding)
     loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
     group = coupling_group(config, mesh.devices.size)
     # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
@@ -159,7 +159,8 @@ def _signals_caught(flag: list):
 
 def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """A new workdir gets the config; an existing one must hold the same run. num_steps may
-    grow (training goes on) and the mesh may change (a run saved on 8 devices resumes on 4)."""
+    grow (training goes on), and the mesh and processes may change (a run saved on 8 devices
+    resumes on 4)."""
     saved = workdir / "config.json"
     if not saved.exists():
         workdir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,9 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
         return
     old = json.loads(saved.read_text())
     new = json.loads(config.to_json())
-    differ = sorted(k for k in set(old) | set(new) if k not in ("num_steps", "mesh") and old.get(k) != new.get(k))
+    differ = sorted(
+        k for k in set(old) | set(new) if k not in ("num_steps", "mesh", "distributed") and old.get(k) != new.get(k)
+    )
     if differ:
         raise ValueError(
             f"{workdir} holds a run with another config ({', '.join(differ)} differ): pass a new --workdir, "
@@ -198,9 +201,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     ends with the same parameters, bit for bit, as a run never interrupted. At the end,
     `summary.json` holds the compile time and the throughput.
     """
+    distributed.initialize(config)
     check_config(config)
     workdir = pathlib.Path(workdir).absolute()
     config = with_absolute_files(config)
+    primary = distributed.is_primary()
     if (workdir / CHECKPOINTS).exists():
         done = Checkpoints(workdir, read_only=True).steps()
         if done and done[-1] >= config.num_steps:
@@ -208,21 +213,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 f"{workdir} already holds a trained model (step {done[-1]}): pass a new --workdir, "
                 "or a larger --config.num_steps to train on (nothing was changed)."
             )
-    _prepare_workdir(config, workdir)
+    if primary:
+        _prepare_workdir(config, workdir)
 
     engine = build_engine(config)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
     restored = checkpoints.restore_latest(engine.state, jax.tree.map(lambda x: x.sharding, engine.state))
     state, start_step = restored if restored else (engine.state, 0)
-    MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
+    if primary:
+        MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
     k, data_key = config.steps_per_call, engine.data_key
     batches = engine.batches(data_key, start_step)
     began = time.perf_counter()
     steps = engine.steps.lower(state, batches).compile()  # compiled once, ahead of the loop
     compile_s = time.perf_counter() - began
 
-    log, stop, losses, losses_from = MetricsLog(workdir), [], [], start_step
-    bar = tqdm(total=config.num_steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    log, stop, losses, losses_from = MetricsLog(workdir) if primary else None, [], [], start_step
+    bar = tqdm(total=config.num_steps, initial=start_step, disable=not (progress and primary), unit="step",
+               dynamic_ncols=True)
     began = time.perf_counter()
     try:
         with _signals_caught(stop):
@@ -244,7 +252,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
                     losses, losses_from = [], step
                     bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
-                    log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
+                    if log:
+                        log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
                     checkpoints.save(state, step)
                 if stop:
@@ -254,7 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     )
     finally:  # a checkpoint still being written is finished, whatever stopped the loop
         bar.close()
-        log.close()
+        if log:
+            log.close()
         checkpoints.wait()
         checkpoints.close()
     seconds = time.perf_counter() - began
@@ -263,5 +273,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         "train_s": seconds, "steps_per_s": (config.num_steps - start_step) / seconds,
         "examples_per_s": (config.num_steps - start_step) * config.batch_size / seconds,
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if primary:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return state

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA", "LAYOUTS", "batch_sharding", "make_mesh", "replicated", "state_shardings"]
+__all__ = ["DATA", "LAYOUTS", "batch_sharding", "make_mesh", "place", "replicated", "state_shardings"]
 
 DATA = "data"
 LAYOUTS = ("replicated", "fsdp")
@@ -69,3 +69,19 @@ def state_shardings(state: Any, mesh: Mesh, layout: str) -> Any:
         return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), devices))
 
     return jax.tree.map(leaf, state)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Host values (the same on every process) laid out as global arrays with `shardings`.
+
+    Unlike `jax.device_put`, this works when the mesh spans processes: each process fills
+    only the shards of its own devices.
+    """
+
+    def leaf(x, sharding):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(leaf(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(leaf, tree, shardings)

@@ -1,0 +1,65 @@
+"""Two processes x two fake CPU devices on 127.0.0.1 against one process with four devices,
+and a run whose peer never comes failing within its timeout. Each process is a subprocess
+of `fm-jax train` with a timeout; nothing runs in the pytest process."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+RUN = ["--config.num_steps=40", "--config.steps_per_call=10", "--config.log_every=10", "--config.batch_size=64"]
+
+
+def env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cmd(workdir, *extra):
+    return [sys.executable, "-m", "fm_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir), *RUN, *extra]
+
+
+def losses(workdir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def manual(port: int, processes: int, pid: int, timeout: int = 60) -> list[str]:
+    return ["--config.distributed.mode=manual", f"--config.distributed.coordinator=127.0.0.1:{port}",
+            f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={pid}",
+            f"--config.distributed.init_timeout_s={timeout}", "--config.distributed.heartbeat_timeout_s=10"]
+
+
+@pytest.mark.parametrize("method", ["icfm", "otcfm"])
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, method):
+    single = tmp_path / "single"
+    subprocess.run(train_cmd(single, f"--config.method={method}"), env=env(4), check=True, timeout=300,
+                   capture_output=True)
+    multi, port = tmp_path / "multi", free_port()
+    procs = [subprocess.Popen(train_cmd(multi, f"--config.method={method}", *manual(port, 2, pid)), env=env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    # Process 0 reports for the run; process 1 writes no shared file.
+    assert "on 4 device(s)" in outputs[0][0] and "trained" not in outputs[1][0]
+    assert losses(multi) == pytest.approx(losses(single), rel=1e-5)
+    assert (multi / "summary.json").exists() and json.loads((multi / "summary.json").read_text())["devices"] == 4
+
+
+def test_a_missing_peer_fails_within_the_timeout_instead_of_hanging(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run(train_cmd(tmp_path / "run", *manual(free_port(), 2, 0, timeout=5)), env=env(2),
+                          timeout=120, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 90
