@@ -29,6 +29,7 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/couplings.py
 	$(BIN)/python experiments/bench/train_speed.py
+	$(BIN)/python experiments/bench/engine.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -29,3 +29,15 @@ def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkey
     # ExactOT reaches SciPy's optimum; an entropic plan cannot beat it.
     assert abs(row["exact_gap"]) < 1e-5 and row["sinkhorn_gap"] > -1e-6
     assert "| 16 | 2 |" in (tmp_path / "couplings.md").read_text()
+
+
+def test_engine_bench_compares_with_the_bare_step_per_device_count(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "engine.json"
+    importlib.import_module("engine").main(["--devices", "1", "2", "--seconds", "0.05", "--steps-per-call", "2",
+                                            "--batch", "64", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["devices"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["engine_over_bare_time"] == row["bare_steps_per_s"] / row["engine_steps_per_s"]
+        assert row["examples_per_s"] == 64 * row["engine_steps_per_s"]

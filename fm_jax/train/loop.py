@@ -103,13 +103,15 @@ def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.Con
 
 class Engine(NamedTuple):
     """What a run needs on its devices: the step-0 state (placed), `batches(key, first_step)`,
-    the jitted `steps(state, batches) -> (state, losses)`, the data key, and the mesh."""
+    the jitted `steps(state, batches) -> (state, losses)`, the data key, the mesh and the
+    network's `apply(params, t, x, cond)`."""
 
     state: TrainState
     batches: Callable[[jax.Array, int], dict]
     steps: Callable[[TrainState, dict], tuple[TrainState, jax.Array]]
     data_key: jax.Array
     mesh: Mesh
+    apply: Callable
 
 
 def build_engine(config: ml_collections.ConfigDict) -> Engine:
@@ -134,7 +136,7 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
         precision=config.precision,
     )
     # The state's key, kept on the host too: drawing batches never waits for a step.
-    return Engine(state, batches, steps, jax.random.key(config.seed), mesh)
+    return Engine(state, batches, steps, jax.random.key(config.seed), mesh, apply)
 
 
 class Interrupted(Exception):
