@@ -63,3 +63,20 @@ def test_a_missing_peer_fails_within_the_timeout_instead_of_hanging(tmp_path):
                           timeout=120, capture_output=True, text=True)
     assert proc.returncode != 0
     assert time.monotonic() - start < 90
+
+
+def test_a_peer_that_dies_mid_run_fails_the_other_within_the_heartbeat_timeout(tmp_path):
+    workdir, port = tmp_path / "run", free_port()
+    long_run = ["--config.num_steps=100000", "--config.checkpoint_every=0"]
+    procs = [subprocess.Popen(train_cmd(workdir, *manual(port, 2, pid), *long_run), env=env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    deadline = time.monotonic() + 120
+    while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and procs[0].poll() is None, "the run never started"
+        time.sleep(0.1)
+    procs[1].kill()  # training is under way: process 1 dies
+    killed = time.monotonic()
+    procs[1].communicate()
+    procs[0].communicate(timeout=120)  # a hang would raise TimeoutExpired here
+    assert procs[0].returncode != 0
+    assert time.monotonic() - killed < 90

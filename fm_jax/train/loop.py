@@ -253,7 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     rate = (step - start_step) / (time.perf_counter() - began)
                     mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
                     losses, losses_from = [], step
-                    bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}",
+                                    examples_per_s=f"{rate * config.batch_size:.0f}")
                     if log:
                         log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
