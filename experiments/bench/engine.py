@@ -32,7 +32,7 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
         raise SystemExit(f"start this process with --xla_force_host_platform_device_count={devices}")
     import optax
 
-    from fm_jax.train import apply_overrides, build_loss, load_config
+    from fm_jax.train import apply_overrides, load_config
     from fm_jax.train.loop import build_engine, check_config
 
     fields = {"method": method, "batch_size": batch, "steps_per_call": steps_per_call, "num_steps": steps_per_call,
@@ -41,13 +41,7 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
     check_config(config)
     engine = build_engine(config)
     batches = engine.batches(engine.data_key, 0)
-    loss = build_loss(method, config.sigma, ot_solver=config.ot_solver)
-    if loss.coupling.on_host:  # the engine gets these batches coupled already; so does the bare step
-        import dataclasses
-
-        from fm_jax.couplings import Independent
-
-        loss = dataclasses.replace(loss, coupling=Independent())
+    loss = engine.loss  # the step's own loss: the bare step sees the same (already coupled) batches
     apply = engine.apply
     local = jax.device_put(jax.device_get(batches), jax.devices()[0])  # on one device, once
     optimizer = optax.adam(config.learning_rate)

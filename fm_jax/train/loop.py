@@ -30,6 +30,7 @@ from tqdm import tqdm
 from fm_jax import data
 from fm_jax.couplings import Independent
 from fm_jax.data import points
+from fm_jax.losses import CFMLoss
 from fm_jax.train import distributed, sharding
 from fm_jax.train.batches import make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
@@ -103,8 +104,9 @@ def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.Con
 
 class Engine(NamedTuple):
     """What a run needs on its devices: the step-0 state (placed), `batches(key, first_step)`,
-    the jitted `steps(state, batches) -> (state, losses)`, the data key, the mesh and the
-    network's `apply(params, t, x, cond)`."""
+    the jitted `steps(state, batches) -> (state, losses)`, the data key, the mesh, the
+    network's `apply(params, t, x, cond)` and the loss the step regresses (its coupling
+    `Independent` where the batches arrive coupled from the host)."""
 
     state: TrainState
     batches: Callable[[jax.Array, int], dict]
@@ -112,6 +114,7 @@ class Engine(NamedTuple):
     data_key: jax.Array
     mesh: Mesh
     apply: Callable
+    loss: CFMLoss
 
 
 def build_engine(config: ml_collections.ConfigDict) -> Engine:
@@ -124,8 +127,9 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
     group = coupling_group(config, mesh.devices.size)
     # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
     batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size)
+    loss = dataclasses.replace(loss, coupling=Independent()) if loss.coupling.on_host else loss
     steps = make_train_step(
-        dataclasses.replace(loss, coupling=Independent()) if loss.coupling.on_host else loss,
+        loss,
         apply,
         optimizer,
         mesh=mesh,
@@ -136,7 +140,7 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
         precision=config.precision,
     )
     # The state's key, kept on the host too: drawing batches never waits for a step.
-    return Engine(state, batches, steps, jax.random.key(config.seed), mesh, apply)
+    return Engine(state, batches, steps, jax.random.key(config.seed), mesh, apply, loss)
 
 
 class Interrupted(Exception):
