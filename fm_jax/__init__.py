@@ -4,12 +4,14 @@
     path = fm.paths.CondOT()
     loss = fm.cfm_loss(path, fm.couplings.ExactOT())
     sol = fm.sample(vf, x0, solver="dopri5", rtol=1e-5, atol=1e-5)
+    nll = -fm.log_likelihood(vf, x1).log_prob
 """
 
-from fm_jax import couplings, data, gaussian, losses, metrics, models, paths, solvers
+from fm_jax import couplings, data, gaussian, likelihood, losses, metrics, models, paths, solvers
 from fm_jax.gaussian import GaussianFlow
+from fm_jax.likelihood import log_likelihood
 from fm_jax.losses import LogitNormalTime, UniformTime, cfm_loss
-from fm_jax.solvers import Solution, encode, get_solver, sample, velocity_field
+from fm_jax.solvers import Solution, encode, get_solver, sample, sample_sde, score_from_velocity, velocity_field
 
 __version__ = "0.1.0"
 
@@ -24,11 +26,15 @@ __all__ = [
     "encode",
     "gaussian",
     "get_solver",
+    "likelihood",
+    "log_likelihood",
     "losses",
     "metrics",
     "models",
     "paths",
     "sample",
+    "sample_sde",
+    "score_from_velocity",
     "solvers",
     "velocity_field",
 ]

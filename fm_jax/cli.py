@@ -3,12 +3,17 @@
     fm-jax train --config FILE [--config.field=value ...] --workdir W
     fm-jax sample --workdir W [--solver dopri5] [--steps N | --rtol R --atol A] [--num 2000]
     fm-jax eval --workdir W [--solvers dopri5 euler:100 euler:10 euler:2] [--num 10000]
+    fm-jax nll --workdir W [--divergence exact|hutchinson] [--solver dopri5] [--num 5000]
     fm-jax gaussian [--path condot] [--dim 2] [--num 10000] [--steps 10] [--json FILE]
 
 `train` runs `fm_jax.train.train` on an ml_collections config file, with any field
 overridable as `--config.a.b=value`. `sample` writes samples (.npz) and a PNG of samples
 beside the target and of trajectories; `eval` writes `W/eval.json` with W2, MMD, normalized
-path energy, curvature and NFE per solver.
+path energy, curvature and NFE per solver. `sample --diffusion C` samples the SDE with
+g(t) = C s(t) instead of the ODE (runs whose score follows from the velocity: an N(0, I)
+source and the independent coupling). `nll` writes `W/nll.json` with the mean held-out
+log-likelihood in nats and bits/dim with standard errors, and for 2D runs `W/density.png`,
+the model density beside the true one.
 
 `gaussian` integrates the exact marginal velocity field of a Gaussian path between
 N(0, I) and N(mu, s^2 I) (`fm_jax.GaussianFlow`) with each Diffrax solver, at a fixed
@@ -31,6 +36,8 @@ import numpy as np
 from fm_jax import paths, solvers
 from fm_jax.gaussian import GaussianFlow
 
+# Methods whose velocity gives the score: a Gaussian path with x0 ~ N(0, I) drawn independently of x1.
+SCORE_METHODS = ("icfm", "fm", "si")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun", "ralston", "bosh3", "tsit5", "dopri5", "dopri8")
 ADAPTIVE_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
 
@@ -153,24 +160,48 @@ def _load(workdir: str):
 def sample(args: argparse.Namespace) -> None:
     from fm_jax import data
     from fm_jax.plots import plot_flow
+    from fm_jax.train import build_loss
     from fm_jax.train.evaluate import solve_kwargs
 
     if args.steps is not None and (args.rtol is not None or args.atol is not None):
         raise SystemExit("Give --steps N (fixed step) or --rtol/--atol (adaptive), not both.")
-    try:
-        solvers.get_solver(args.solver)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    if args.solver is None:
+        args.solver = "dopri5" if args.diffusion is None else "euler"
+    if args.diffusion is None:
+        try:
+            solvers.get_solver(args.solver)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    else:
+        if args.solver not in solvers.SDE_SOLVERS:
+            raise SystemExit(f"--diffusion samples an SDE: --solver must be one of {sorted(solvers.SDE_SOLVERS)}, "
+                             f"got {args.solver!r}.")
+        if args.steps is None or args.diffusion < 0:
+            raise SystemExit("--diffusion C (C >= 0) samples an SDE in fixed steps: give --steps N as well.")
     run = _load(args.workdir)
+    if args.diffusion is not None and (run.config.method not in SCORE_METHODS or run.config.source != "normal"):
+        raise SystemExit(
+            f"The score follows from the velocity only for an N(0, I) source drawn independently of the data "
+            f"(methods {SCORE_METHODS} from 'normal'); this run is {run.config.method} from {run.config.source!r}."
+        )
     rtol = 1e-4 if args.rtol is None else args.rtol
     atol = 1e-4 if args.atol is None else args.atol
-    kwargs = solve_kwargs(args.solver, args.steps, rtol, atol)
     k_src, k_tgt = jax.random.split(jax.random.key(args.seed))
     src, tgt = data.densities(run.config.source, run.config.target)
     x0 = src.sample(k_src, args.num)
     vf = solvers.velocity_field(run.apply, run.params)
-    sol = jax.jit(lambda x: solvers.sample(vf, x, save_trajectory=33, **kwargs))(x0)
-    tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
+    if args.diffusion is None:
+        kwargs = solve_kwargs(args.solver, args.steps, rtol, atol)
+        sol = jax.jit(lambda x: solvers.sample(vf, x, save_trajectory=33, **kwargs))(x0)
+        tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
+    else:
+        path = build_loss(run.config.method, run.config.sigma, run.config.source).path
+        score = solvers.score_from_velocity(vf, path)
+        g = lambda t: args.diffusion * path.noise_scale(t)[0]
+        key = jax.random.fold_in(k_src, 1)
+        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, score, g, solver=args.solver, steps=args.steps,
+                                                   save_trajectory=33))(x0)
+        tag = f"sde_{args.solver}_{args.steps}steps_diffusion{args.diffusion:g}"
     out = pathlib.Path(args.workdir) / f"samples_{tag}"
     npz, png = out.parent / f"{out.name}.npz", out.parent / f"{out.name}.png"
     np.savez(npz, x0=np.asarray(x0), x1=np.asarray(sol.x), ts=np.asarray(sol.ts),
@@ -203,6 +234,41 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+def nll(args: argparse.Namespace) -> dict:
+    from fm_jax.plots import plot_density
+    from fm_jax.train.evaluate import parse_solver
+    from fm_jax.train.nll import density_grid, held_out_nll
+
+    try:
+        parse_solver(args.solver)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if args.num < 2 or args.num_probes < 1:
+        raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
+    run = _load(args.workdir)
+    try:
+        report = held_out_nll(run, args.num, args.divergence, args.solver, args.rtol, args.atol, args.num_probes,
+                              args.probe, args.seed)
+    except (ValueError, FloatingPointError) as err:
+        raise SystemExit(str(err)) from None
+    out = pathlib.Path(args.workdir) / "nll.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"{report['method']}: {report['source']} -> {report['target']}, step {report['step']}, "
+          f"{report['num']} held-out points, {args.divergence} divergence, {args.solver} (mean NFE {report['nfe_mean']:.0f})")
+    print(f"log-likelihood {report['log_likelihood']:.4f} +- {report['log_likelihood_se']:.4f} nats, "
+          f"{report['bits_per_dim']:.4f} +- {report['bits_per_dim_se']:.4f} bits/dim")
+    if "kl" in report:
+        print(f"true density: {report['true_log_likelihood']:.4f} nats; KL(target || model) "
+              f"{report['kl']:.4f} +- {report['kl_se']:.4f} nats")
+    print(f"wrote {out}")
+    if args.grid and report["dim"] == 2:
+        xs, ys, model, true = density_grid(run, args.grid, args.solver, args.rtol, args.atol, args.seed)
+        png = pathlib.Path(args.workdir) / "density.png"
+        plot_density(png, xs, ys, model, true, f"{run.config.method} {run.config.source} -> {run.config.target}")
+        print(f"wrote {png}")
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-jax", description="Flow matching in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,12 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = commands.add_parser("sample", help="sample a trained run; write .npz and a PNG")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--solver", default="dopri5")
+    s.add_argument("--solver", default=None, help="an ODE solver (default dopri5), or with --diffusion an SDE solver "
+                   "(default euler)")
     s.add_argument("--steps", type=int, default=None, help="fixed steps (default: adaptive)")
     s.add_argument("--rtol", type=float, default=None, help="adaptive relative tolerance (default 1e-4)")
     s.add_argument("--atol", type=float, default=None, help="adaptive absolute tolerance (default 1e-4)")
     s.add_argument("--num", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--diffusion", type=float, default=None,
+                   help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps; "
+                        f"--solver then one of {sorted(solvers.SDE_SOLVERS)}")
     s.set_defaults(func=sample)
 
     e = commands.add_parser("eval", help="W2, MMD, path energy, curvature and NFE per solver into WORKDIR/eval.json")
@@ -231,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--atol", type=float, default=1e-4)
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=evaluate)
+
+    n = commands.add_parser("nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map")
+    n.add_argument("--workdir", required=True)
+    n.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
+    n.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per point")
+    n.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    n.add_argument("--solver", default="dopri5", help="NAME (adaptive) or NAME:STEPS")
+    n.add_argument("--rtol", type=float, default=1e-5)
+    n.add_argument("--atol", type=float, default=1e-5)
+    n.add_argument("--num", type=int, default=5000, help="held-out target points")
+    n.add_argument("--grid", type=int, default=100, help="heat-map grid size for 2D runs (0: none)")
+    n.add_argument("--seed", type=int, default=0)
+    n.set_defaults(func=nll)
 
     g = commands.add_parser("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")

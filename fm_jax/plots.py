@@ -1,4 +1,4 @@
-"""Figures of low-dimensional flows: samples beside the target, and trajectories from source to samples."""
+"""Figures of low-dimensional flows: samples beside the target, trajectories, density heat maps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_flow"]
+__all__ = ["plot_density", "plot_flow"]
 
 
 def plot_flow(path: str | pathlib.Path, samples, target, trajectory=None, title: str = "") -> None:
@@ -49,6 +49,27 @@ def plot_flow(path: str | pathlib.Path, samples, target, trajectory=None, title:
             ax.legend(loc="upper right", markerscale=4)
             ax.set_aspect("equal")
         ax.set_title("trajectories")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_density(path: str | pathlib.Path, xs, ys, model_log_prob, true_log_prob=None, title: str = "") -> None:
+    """Write a PNG of the model density exp(log p) on a grid (left) beside the true density (right).
+
+    Both panels share one colour scale, the model's 99.5th percentile, so that a density too
+    peaked or too flat shows as such.
+    """
+    model = np.exp(np.asarray(model_log_prob))
+    panels = [("model density", model)]
+    if true_log_prob is not None:
+        panels.append(("true density", np.exp(np.asarray(true_log_prob))))
+    vmax = float(np.percentile(np.concatenate([p.ravel() for _, p in panels]), 99.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    for ax, (name, dens) in zip(axes[0], panels):
+        ax.imshow(dens, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), vmin=0.0, vmax=vmax, cmap="viridis")
+        ax.set_title(f"{title} {name}".strip() if name == "model density" else name)
+        ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""ODE sampling with Diffrax: noise -> data (`sample`), data -> noise (`encode`), trajectories, NFE.
+"""Sampling with Diffrax: ODE noise -> data (`sample`), data -> noise (`encode`), SDE sampling
+(`sample_sde`) with the score from the velocity, trajectories, NFE.
 
 A vector field is a plain callable `vf(t, x) -> dx/dt` with scalar t and batch-first x;
 `velocity_field` builds one from a network `apply(params, t, x, cond)`, converting x1- or
@@ -15,6 +16,20 @@ rejected, from Diffrax's statistics), with the per-step count read off the solve
 tableau: k N for a k-stage solver and N steps, or 1 + (k - 1) N when the last stage of a step
 is the first of the next (FSAL: Bosh3, Tsit5, Dopri5, Dopri8). The tests check this against
 a host-side counter of the calls actually executed.
+
+SDE sampling (Albergo & Vanden-Eijnden 2023, Sec. 2.4; Song et al. 2021): for any diffusion
+coefficient g(t) >= 0, the SDE
+
+    dx = [v(t, x) + g(t)^2 / 2 * score(t, x)] dt + g(t) dW
+
+has the same marginals p_t as the ODE dx = v dt (its Fokker-Planck equation reduces to the
+continuity equation of v), so it may start from p_0 and end at p_1. For a Gaussian path with
+an N(0, I) source drawn independently of x1, the score follows from the velocity in closed
+form (`score_from_velocity`, `GaussianPath.convert`). The noise comes from a Diffrax
+`VirtualBrownianTree`: one key gives one Brownian path, the same whatever the step size, so
+runs are reproducible and refine pathwise. The noise is additive (g depends on t only), so
+Ito and Stratonovich solvers agree: "euler" (Euler-Maruyama), "heun", "euler_heun", and the
+stochastic Runge-Kutta solvers "sea", "sra1", "shark", "spark".
 """
 
 from __future__ import annotations
@@ -24,10 +39,21 @@ from typing import Any, Callable, NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
+import lineax as lx
 
 from fm_jax.paths import GaussianPath
 
-__all__ = ["Solution", "calls_per_step", "encode", "get_solver", "sample", "velocity_field"]
+__all__ = [
+    "SDE_SOLVERS",
+    "Solution",
+    "calls_per_step",
+    "encode",
+    "get_solver",
+    "sample",
+    "sample_sde",
+    "score_from_velocity",
+    "velocity_field",
+]
 
 INITIAL_STEP = 0.01  # first step of an adaptive solve, as a fraction of |t1 - t0|
 
@@ -141,12 +167,6 @@ def sample(
         controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), INITIAL_STEP * (t1 - t0)
 
     term = diffrax.ODETerm(lambda t, y, args: vf(t, y))
-    subs = [diffrax.SubSaveAt(t1=True)]
-    if save_trajectory is True:
-        subs.append(diffrax.SubSaveAt(t0=True, steps=True))
-    elif save_trajectory:
-        subs.append(diffrax.SubSaveAt(ts=jnp.linspace(t0, t1, int(save_trajectory))))
-
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -155,15 +175,27 @@ def sample(
         dt0,
         x0,
         stepsize_controller=controller,
-        saveat=diffrax.SaveAt(subs=subs),
+        saveat=_saveat(save_trajectory, t0, t1),
         max_steps=max_steps,
     )
+    return _solution(sol, init_calls, step_calls)
 
+
+def _saveat(save_trajectory: bool | int, t0: float, t1: float) -> diffrax.SaveAt:
+    """The end state, and the trajectory `save_trajectory` asks for (see `sample`)."""
+    subs = [diffrax.SubSaveAt(t1=True)]
+    if save_trajectory is True:
+        subs.append(diffrax.SubSaveAt(t0=True, steps=True))
+    elif save_trajectory:
+        subs.append(diffrax.SubSaveAt(ts=jnp.linspace(t0, t1, int(save_trajectory))))
+    return diffrax.SaveAt(subs=subs)
+
+
+def _solution(sol: diffrax.Solution, init_calls: int, step_calls: int) -> Solution:
     num_steps = sol.stats["num_steps"]
     nfe = init_calls + step_calls * num_steps
-
     x = jax.tree.map(lambda y: y[-1], sol.ys[0])
-    if len(subs) == 1:
+    if len(sol.ys) == 1:
         return Solution(x=x, nfe=nfe, num_steps=num_steps)
     return Solution(x=x, nfe=nfe, num_steps=num_steps, ts=sol.ts[1], trajectory=sol.ys[1])
 
@@ -173,3 +205,90 @@ def encode(vf: VectorField, x1: jax.Array, **kwargs) -> Solution:
     kwargs.setdefault("t0", 1.0)
     kwargs.setdefault("t1", 0.0)
     return sample(vf, x1, **kwargs)
+
+
+# Diffrax solvers valid for additive noise, by name; the SRK ones use space-time Levy area.
+SDE_SOLVERS = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "euler_heun": diffrax.EulerHeun,
+    "sea": diffrax.SEA,
+    "sra1": diffrax.SRA1,
+    "shark": diffrax.ShARK,
+    "spark": diffrax.SPaRK,
+}
+
+
+def score_from_velocity(vf: VectorField, path: GaussianPath) -> VectorField:
+    """score(t, x) = grad log p_t(x) from the marginal velocity of `path` (`GaussianPath.convert`).
+
+    Exact for a Gaussian path with an N(0, I) source drawn independently of x1 (I-CFM, FM,
+    SI); not for minibatch-OT couplings, which tie x0 to x1. Singular where s(t) = 0 (t = 1
+    for `CondOT(sigma_min=0)`): use a diffusion that vanishes there, e.g. g(t) = c s(t).
+    """
+
+    def score(t, x):
+        tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
+        return path.convert(vf(t, x), tb, x, src="velocity", dst="score")
+
+    return score
+
+
+def _sde_drift_calls(solver: diffrax.AbstractSolver) -> int:
+    """Evaluations of the drift per step of an SDE solver."""
+    if isinstance(solver, diffrax.AbstractSRK):
+        tableau = solver.tableau
+        ignored = 0 if tableau.ignore_stage_f is None else int(sum(tableau.ignore_stage_f))
+        return len(tableau.b_sol) - ignored
+    if isinstance(solver, (diffrax.Euler, diffrax.EulerHeun)):
+        return 1
+    return calls_per_step(solver)[1]
+
+
+def sample_sde(
+    vf: VectorField,
+    x0: jax.Array,
+    key: jax.Array,
+    score: VectorField,
+    diffusion: float | Callable[[jax.Array], jax.Array],
+    solver: str = "euler",
+    steps: int = 100,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    save_trajectory: bool | int = False,
+) -> Solution:
+    """Integrate dx = [vf + g^2 / 2 score] dt + g dW from x(t0) = x0 to t1 > t0 in `steps` fixed steps.
+
+    `diffusion` is g: a constant or a function of scalar t. `score` is grad log p_t, e.g.
+    `score_from_velocity(vf, path)`; it is not evaluated where g(t) = 0, so a g that vanishes
+    where the score is singular, such as g(t) = c * path.noise_scale(t)[0] for a path with
+    s(1) = 0, samples up to t1 = 1 with every solver. `key` picks the Brownian path. `nfe` counts drift
+    evaluations (each one network call). `save_trajectory` as in `sample`.
+    """
+    if solver not in SDE_SOLVERS:
+        raise ValueError(f"Unknown SDE solver {solver!r}; choose one of {sorted(SDE_SOLVERS)}.")
+    if int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}.")
+    if not t0 < t1:
+        raise ValueError(f"sample_sde runs forward in time: need t0 < t1, got t0={t0}, t1={t1}.")
+    method = SDE_SOLVERS[solver]()
+    g = diffusion if callable(diffusion) else (lambda t: jnp.asarray(diffusion, x0.dtype))
+    dt = (t1 - t0) / int(steps)
+
+    def drift(t, x, args):
+        # Where g = 0 the SDE is the ODE: skip the score, which may be singular there (s = 0).
+        gt, v = g(t), vf(t, x)
+        return jnp.where(gt == 0, v, v + 0.5 * gt**2 * score(t, x))
+
+    def noise(t, x, args):
+        return lx.DiagonalLinearOperator(jnp.broadcast_to(jnp.asarray(g(t), x.dtype), x.shape))
+
+    levy = diffrax.SpaceTimeLevyArea if isinstance(method, diffrax.AbstractSRK) else diffrax.BrownianIncrement
+    # The tree resolves the Brownian path to well below one step, so increments are exact
+    # up to float error at every time a solver asks for.
+    brownian = diffrax.VirtualBrownianTree(t0, t1, tol=dt / 64, shape=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+                                           key=key, levy_area=levy)
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(noise, brownian))
+    sol = diffrax.diffeqsolve(terms, method, t0, t1, dt, x0, saveat=_saveat(save_trajectory, t0, t1),
+                              max_steps=int(steps))
+    return _solution(sol, 0, _sde_drift_calls(method))

@@ -41,3 +41,15 @@ def test_engine_bench_compares_with_the_bare_step_per_device_count(tmp_path, mon
     for row in rows:
         assert row["engine_over_bare_time"] == row["bare_steps_per_s"] / row["engine_steps_per_s"]
         assert row["examples_per_s"] == 64 * row["engine_steps_per_s"]
+
+
+def test_likelihood_bench_times_every_divergence_per_dimension(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "likelihood.json"
+    importlib.import_module("likelihood").main(["--dims", "2", "5", "--batch", "8", "--width", "16", "--steps", "2",
+                                                "--chunk", "2", "--seconds", "0.01", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["dim"] for row in rows] == [2, 5]
+    for row in rows:
+        assert set(row["points_per_s"]) == {"encode", "exact", "hutchinson_1", "hutchinson_4"}
+        assert all(rate > 0 for rate in row["points_per_s"].values()) and row["nfe"] == 4

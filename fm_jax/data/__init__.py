@@ -3,7 +3,8 @@
 A density spec is the name of a toy 2D density (`toy2d`; "normal" is N(0, I) in the
 dimension of the other side) or `file:PATH` to a user-supplied point cloud (`points`).
 `densities(source, target)` resolves a pair into samplers `(key, n) -> (n, d)` of one
-dimension d, checking files (shape, NaN) on the host before anything compiles.
+dimension d, checking files (shape, NaN) on the host before anything compiles, with exact
+log-densities `(n, d) -> (n,)` for the toy densities and "normal" (None for point clouds).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from typing import Callable, NamedTuple
 import jax
 
 from fm_jax.data import points, toy2d
+from fm_jax.likelihood import standard_normal_log_prob
 
 __all__ = ["Density", "densities", "points", "toy2d"]
 
 
 class Density(NamedTuple):
-    """A sampler `(key, n) -> (n, dim)`, jittable with n static, and its dimension."""
+    """A sampler `(key, n) -> (n, dim)`, jittable with n static, its dimension, and its
+    log-density `x (n, dim) -> (n,)`, jittable, where known (None for a point cloud)."""
 
     sample: Callable[[jax.Array, int], jax.Array]
     dim: int
+    log_prob: Callable[[jax.Array], jax.Array] | None = None
 
 
 def _resolve(spec: str) -> Density | None:
@@ -30,11 +34,11 @@ def _resolve(spec: str) -> Density | None:
         data = points.load_points(points.file_path(spec))
         return Density(points.empirical(data), data.shape[1])
     sampler = toy2d.get_density(spec)
-    return None if spec == "normal" else Density(sampler, 2)
+    return None if spec == "normal" else Density(sampler, 2, toy2d.get_log_prob(spec))
 
 
 def _normal(dim: int) -> Density:
-    return Density(lambda key, n: jax.random.normal(key, (n, dim)), dim)
+    return Density(lambda key, n: jax.random.normal(key, (n, dim)), dim, standard_normal_log_prob)
 
 
 def densities(source: str, target: str) -> tuple[Density, Density]:
