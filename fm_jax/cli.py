@@ -196,10 +196,9 @@ def sample(args: argparse.Namespace) -> None:
         tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
     else:
         path = build_loss(run.config.method, run.config.sigma, run.config.source).path
-        score = solvers.score_from_velocity(vf, path)
         g = lambda t: args.diffusion * path.noise_scale(t)[0]
         key = jax.random.fold_in(k_src, 1)
-        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, score, g, solver=args.solver, steps=args.steps,
+        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, path, g, solver=args.solver, steps=args.steps,
                                                    save_trajectory=33))(x0)
         tag = f"sde_{args.solver}_{args.steps}steps_diffusion{args.diffusion:g}"
     out = pathlib.Path(args.workdir) / f"samples_{tag}"

@@ -54,6 +54,7 @@ __all__ = [
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
+EXACT_CHUNK = 64  # basis vectors per forward-mode batch of the exact divergence, by default
 DEFAULT_TOL = 1e-5  # rtol = atol of the adaptive solve when neither steps nor tolerances are given
 
 
@@ -86,7 +87,8 @@ def exact_divergence(vf: VectorField, t: jax.Array, x: jax.Array, chunk_size: in
 
     The d-th product pushes the d-th basis vector (the same for every example) through the
     whole batch, so it reads the d-th diagonal entry of every example's Jacobian at once.
-    `chunk_size` basis vectors are pushed together (all D when None).
+    `chunk_size` basis vectors are pushed together (min(D, 64) when None): memory grows as
+    batch x D x chunk_size.
     """
     d = _flat_dim(x)
     v, jvp = jax.linearize(lambda y: vf(t, y), x)
@@ -95,13 +97,14 @@ def exact_divergence(vf: VectorField, t: jax.Array, x: jax.Array, chunk_size: in
         e = jnp.zeros((d,), x.dtype).at[i].set(1.0).reshape(x.shape[1:])
         return jnp.reshape(jvp(jnp.broadcast_to(e, x.shape)), (x.shape[0], d))[:, i]
 
-    entries = jax.lax.map(diagonal_entry, jnp.arange(d), batch_size=chunk_size or d)
+    entries = jax.lax.map(diagonal_entry, jnp.arange(d), batch_size=chunk_size or min(d, EXACT_CHUNK))
     return v, jnp.sum(entries, axis=0)
 
 
 def hutchinson_divergence(vf: VectorField, t: jax.Array, x: jax.Array, probes: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(v(t, x), mean over probes of eps^T (dv/dx) eps) for probes of shape (K, *x.shape)."""
     v, jvp = jax.linearize(lambda y: vf(t, y), x)
+    probes = probes.astype(x.dtype)  # the solver may have promoted the state (e.g. bf16 -> f32)
     quad = jax.vmap(lambda eps: jnp.sum(jnp.reshape(eps * jvp(eps), (x.shape[0], -1)), axis=-1))(probes)
     return v, jnp.mean(quad, axis=0)
 
@@ -135,8 +138,8 @@ def log_likelihood(
     `source_log_prob(x0) -> (batch,)` is the log-density at t = 0. `divergence` is "exact" or
     "hutchinson"; Hutchinson needs `key`, and draws `num_probes` probes of kind `probe`
     ("rademacher" or "gaussian"). The solve is adaptive with rtol = atol = 1e-5 unless
-    `steps` or tolerances are given (see `solvers.sample`). Traceable: call it under
-    `jax.jit`, e.g. `jax.jit(lambda x: log_likelihood(vf, x))`.
+    `steps` or tolerances are given (see `solvers.sample`). `t` is a Python float (static).
+    Traceable: call it under `jax.jit`, e.g. `jax.jit(lambda x: log_likelihood(vf, x))`.
     """
     if not callable(source_log_prob):
         raise ValueError(f"source_log_prob must be a function x0 -> (batch,) log-densities, got {source_log_prob!r}.")

@@ -57,8 +57,8 @@ def plot_flow(path: str | pathlib.Path, samples, target, trajectory=None, title:
 def plot_density(path: str | pathlib.Path, xs, ys, model_log_prob, true_log_prob=None, title: str = "") -> None:
     """Write a PNG of the model density exp(log p) on a grid (left) beside the true density (right).
 
-    Both panels share one colour scale, the model's 99.5th percentile, so that a density too
-    peaked or too flat shows as such.
+    Both panels share one colour scale, the 99.5th percentile of both densities pooled, so
+    that a density too peaked or too flat shows as such.
     """
     model = np.exp(np.asarray(model_log_prob))
     panels = [("model density", model)]

@@ -207,6 +207,8 @@ def encode(vf: VectorField, x1: jax.Array, **kwargs) -> Solution:
     return sample(vf, x1, **kwargs)
 
 
+BROWNIAN_TOL = 2.0**-12  # resolution of the Brownian tree, as a fraction of [t0, t1]
+
 # Diffrax solvers valid for additive noise, by name; the SRK ones use space-time Levy area.
 SDE_SOLVERS = {
     "euler": diffrax.Euler,
@@ -249,7 +251,7 @@ def sample_sde(
     vf: VectorField,
     x0: jax.Array,
     key: jax.Array,
-    score: VectorField,
+    score: VectorField | GaussianPath,
     diffusion: float | Callable[[jax.Array], jax.Array],
     solver: str = "euler",
     steps: int = 100,
@@ -259,11 +261,14 @@ def sample_sde(
 ) -> Solution:
     """Integrate dx = [vf + g^2 / 2 score] dt + g dW from x(t0) = x0 to t1 > t0 in `steps` fixed steps.
 
-    `diffusion` is g: a constant or a function of scalar t. `score` is grad log p_t, e.g.
-    `score_from_velocity(vf, path)`; it is not evaluated where g(t) = 0, so a g that vanishes
-    where the score is singular, such as g(t) = c * path.noise_scale(t)[0] for a path with
-    s(1) = 0, samples up to t1 = 1 with every solver. `key` picks the Brownian path. `nfe` counts drift
-    evaluations (each one network call). `save_trajectory` as in `sample`.
+    `diffusion` is g: a constant or a function of scalar t. `score` is grad log p_t: a
+    function `score(t, x)`, or a `GaussianPath`, whose score is converted from the same
+    velocity evaluation (`score_from_velocity`; one network call per drift evaluation).
+    Where g(t) = 0 the score term is dropped, computed at a safe time and discarded, so that
+    neither values nor gradients see a singular score there: a g that vanishes where the score
+    is singular, such as g(t) = c * path.noise_scale(t)[0] for a path with s(1) = 0, samples
+    up to t1 = 1 with every solver. `key` picks the Brownian path, the same one at every
+    number of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
     """
     if solver not in SDE_SOLVERS:
         raise ValueError(f"Unknown SDE solver {solver!r}; choose one of {sorted(SDE_SOLVERS)}.")
@@ -274,19 +279,26 @@ def sample_sde(
     method = SDE_SOLVERS[solver]()
     g = diffusion if callable(diffusion) else (lambda t: jnp.asarray(diffusion, x0.dtype))
     dt = (t1 - t0) / int(steps)
+    safe_t = 0.5 * (t0 + t1)
 
     def drift(t, x, args):
-        # Where g = 0 the SDE is the ODE: skip the score, which may be singular there (s = 0).
         gt, v = g(t), vf(t, x)
-        return jnp.where(gt == 0, v, v + 0.5 * gt**2 * score(t, x))
+        off = gt == 0
+        ts = jnp.where(off, safe_t, t)  # where the score term is dropped, evaluate it somewhere finite
+        if isinstance(score, GaussianPath):
+            s = score.convert(v, jnp.full((x.shape[0],), ts, x.dtype), x, src="velocity", dst="score")
+        else:
+            s = score(ts, x)
+        return jnp.where(off, v, v + 0.5 * gt**2 * s)
 
     def noise(t, x, args):
         return lx.DiagonalLinearOperator(jnp.broadcast_to(jnp.asarray(g(t), x.dtype), x.shape))
 
     levy = diffrax.SpaceTimeLevyArea if isinstance(method, diffrax.AbstractSRK) else diffrax.BrownianIncrement
-    # The tree resolves the Brownian path to well below one step, so increments are exact
-    # up to float error at every time a solver asks for.
-    brownian = diffrax.VirtualBrownianTree(t0, t1, tol=dt / 64, shape=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+    # Increments are Brownian in law at any query time; a tolerance fixed relative to [t0, t1]
+    # (finer than the step) makes one key one path at every step count, refining pathwise.
+    tol = min((t1 - t0) * BROWNIAN_TOL, dt / 2)
+    brownian = diffrax.VirtualBrownianTree(t0, t1, tol=tol, shape=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
                                            key=key, levy_area=levy)
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(noise, brownian))
     sol = diffrax.diffeqsolve(terms, method, t0, t1, dt, x0, saveat=_saveat(save_trajectory, t0, t1),

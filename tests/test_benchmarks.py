@@ -53,3 +53,12 @@ def test_likelihood_bench_times_every_divergence_per_dimension(tmp_path, monkeyp
     for row in rows:
         assert set(row["points_per_s"]) == {"encode", "exact", "hutchinson_1", "hutchinson_4"}
         assert all(rate > 0 for rate in row["points_per_s"].values()) and row["nfe"] == 4
+
+
+def test_torchcfm_comparison_trains_and_samples_the_fm_jax_side(monkeypatch):
+    # The torch side needs the `bench` extra; the run that produced results/vs_torchcfm.json used it.
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = importlib.import_module("vs_torchcfm")
+    out = bench.run_fm_jax("otcfm", "8gaussians", "moons", steps=20, num=64, seed=0)
+    assert out["steps_per_s"] > 0 and out["samples"].shape == (64, 2)
+    assert bench.SIGMA == {"icfm": 0.1, "otcfm": 0.1, "sbcfm": 1.0}

@@ -183,6 +183,9 @@ def test_dequantized_bits_per_dim_of_a_gaussian_model():
     assert np.all(tight <= bpd + 1e-6)  # Jensen
     assert np.all(np.abs(tight - bpd) < 1e-3)  # a smooth density hardly varies within a level
     np.testing.assert_allclose(likelihood.bits_per_dim(jnp.array(-10.0), 5), 10 / (5 * math.log(2)))
+    # log_scale: a model of z = y / 256 gains 8 bits per dimension in the units of y.
+    np.testing.assert_allclose(likelihood.bits_per_dim(jnp.array(-10.0), 5, math.log(1 / 256)),
+                               10 / (5 * math.log(2)) + 8.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("path", [fm.paths.CondOT(), fm.paths.ICFM(sigma=0.3), fm.paths.Trigonometric(),
@@ -210,6 +213,41 @@ def test_sde_sampling_reaches_the_gaussian_target():
     # The noise really changes the map: SDE samples are not the ODE's.
     ode = fm.sample(flow.velocity, x0, solver="tsit5", steps=20).x
     assert float(jnp.sqrt(jnp.mean((sol.x - ode) ** 2))) > 0.1
+
+
+@pytest.mark.parametrize("solver, per_step", [("euler", 1), ("heun", 2), ("euler_heun", 1), ("sea", 1), ("sra1", 2),
+                                              ("shark", 2), ("spark", 3)])
+def test_sde_nfe_is_the_network_calls_actually_made(solver, per_step):
+    from test_solvers import counted
+
+    flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
+    vf, calls = counted(flow.velocity)
+    x0 = jax.random.normal(jax.random.key(0), (16, 2))
+    g = lambda t: 0.7 * PATH.noise_scale(t)[0]
+    # The path as the score: converted from the same velocity call, so one call per drift evaluation.
+    sol = jax.jit(lambda x: solvers.sample_sde(vf, x, jax.random.key(1), PATH, g, solver=solver, steps=6))(x0)
+    jax.block_until_ready(sol.x)
+    assert int(sol.nfe) == 6 * per_step == calls[0]
+    assert np.all(np.isfinite(sol.x))
+
+
+def test_sde_gradients_are_finite_up_to_the_singular_end():
+    # heun evaluates the drift at t = 1, where CondOT's score is singular but g = 0.
+    flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
+    g = lambda t: 0.7 * PATH.noise_scale(t)[0]
+    x0 = jax.random.normal(jax.random.key(0), (8, 2))
+    loss = lambda x: jnp.sum(solvers.sample_sde(flow.velocity, x, jax.random.key(1), PATH, g, solver="heun",
+                                                steps=4).x ** 2)
+    grad = jax.grad(loss)(x0)
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+
+
+def test_hutchinson_on_bfloat16_points():
+    flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
+    x = flow.sample(jax.random.key(0), 1.0, 64, 2).astype(jnp.bfloat16)
+    out = likelihood.log_likelihood(flow.velocity, x, divergence="hutchinson", key=jax.random.key(1), steps=8,
+                                    solver="heun")
+    np.testing.assert_allclose(out.log_prob, flow.log_prob(1.0, x.astype(jnp.float32)), atol=0.1)
 
 
 def test_sde_noise_is_one_brownian_path_per_key():

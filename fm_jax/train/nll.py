@@ -84,7 +84,7 @@ def held_out_nll(
     log_p, nfe = _batched(fn, x, min(batch_size, num))
     if not np.all(np.isfinite(log_p)):
         raise FloatingPointError(f"{int(np.sum(~np.isfinite(log_p)))} of {num} log-likelihoods are not finite.")
-    d = x.shape[1]
+    d = math.prod(x.shape[1:])
     se = float(log_p.std(ddof=1) / math.sqrt(num))
     report = {
         "step": run.step, "method": run.config.method, "source": run.config.source, "target": run.config.target,
