@@ -87,12 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
         "args": vars(args),
         "rows": rows,
     }
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.out}")
+    write_result(result, args.out)
     return result
+
+
+def write_result(result: dict, out: str) -> None:
+    """Write a benchmark's JSON to `out` (nothing when empty), creating its folder."""
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 from fm_jax import data, metrics, solvers
 from fm_jax.data import toy2d
 from fm_jax.train import apply_overrides, load_config, load_run, train
+from likelihood import write_result  # this folder's shared JSON writer
 
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
 SIGMA = {"icfm": 0.1, "otcfm": 0.1, "sbcfm": 1.0}
@@ -153,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "args": vars(args),
         "rows": rows,
     }
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.out}")
+    write_result(result, args.out)
     return result
 
 
