@@ -7,7 +7,7 @@
     nll = -fm.log_likelihood(vf, x1).log_prob
 """
 
-from fm_jax import couplings, data, gaussian, likelihood, losses, metrics, models, paths, solvers
+from fm_jax import couplings, data, fid, gaussian, likelihood, losses, metrics, models, paths, solvers
 from fm_jax.gaussian import GaussianFlow
 from fm_jax.likelihood import log_likelihood
 from fm_jax.losses import LogitNormalTime, UniformTime, cfm_loss
@@ -24,6 +24,7 @@ __all__ = [
     "couplings",
     "data",
     "encode",
+    "fid",
     "gaussian",
     "get_solver",
     "likelihood",

@@ -5,6 +5,7 @@
     fm-jax eval --workdir W [--solvers dopri5 euler:100 euler:10 euler:2] [--num 10000]
     fm-jax nll --workdir W [--divergence exact|hutchinson] [--solver dopri5] [--num 5000]
     fm-jax gaussian [--path condot] [--dim 2] [--num 10000] [--steps 10] [--json FILE]
+    fm-jax prepare --dataset digits|mnist5k|NAME [--data-dir DIR]
 
 `train` runs `fm_jax.train.train` on an ml_collections config file, with any field
 overridable as `--config.a.b=value`. `sample` writes samples (.npz) and a PNG of samples
@@ -14,6 +15,13 @@ g(t) = C s(t) instead of the ODE (runs whose score follows from the velocity: an
 source and the independent coupling). `nll` writes `W/nll.json` with the mean held-out
 log-likelihood in nats and bits/dim with standard errors, and for 2D runs `W/density.png`,
 the model density beside the true one.
+
+Image runs (target `tfds:NAME`): `sample` writes a grid of generated images (PNG, and the
+uint8 images in .npz; `--label K` or classes in turn for a class-conditional run, with
+`--guidance W` for classifier-free guidance); `eval` writes the pixel-space Fréchet
+distance and W2 to the held-out split, NFE, path energy and curvature per solver; `nll`
+the dequantized bits/dim of held-out images. `prepare` builds the offline datasets (digits,
+mnist5k) in TFDS format, or says how to prepare any other.
 
 `gaussian` integrates the exact marginal velocity field of a Gaussian path between
 N(0, I) and N(mu, s^2 I) (`fm_jax.GaussianFlow`) with each Diffrax solver, at a fixed
@@ -37,7 +45,7 @@ from fm_jax import paths, solvers
 from fm_jax.gaussian import GaussianFlow
 
 # Methods whose velocity gives the score: a Gaussian path with x0 ~ N(0, I) drawn independently of x1.
-SCORE_METHODS = ("icfm", "fm", "si")
+SCORE_METHODS = ("icfm", "fm", "fm_vp", "si")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun", "ralston", "bosh3", "tsit5", "dopri5", "dopri8")
 ADAPTIVE_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
 
@@ -179,6 +187,11 @@ def sample(args: argparse.Namespace) -> None:
         if args.steps is None or args.diffusion < 0:
             raise SystemExit("--diffusion C (C >= 0) samples an SDE in fixed steps: give --steps N as well.")
     run = _load(args.workdir)
+    if is_image_run(run):
+        return _sample_images(args, run)
+    if args.guidance is not None or args.label is not None:
+        raise SystemExit("--guidance and --label are for class-conditional image runs; this run has no labels.")
+    args.num = 2000 if args.num is None else args.num
     if args.diffusion is not None and (run.config.method not in SCORE_METHODS or run.config.source != "normal"):
         raise SystemExit(
             f"The score follows from the velocity only for an N(0, I) source drawn independently of the data "
@@ -211,6 +224,84 @@ def sample(args: argparse.Namespace) -> None:
     print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {npz}, {png}")
 
 
+def is_image_run(run) -> bool:
+    from fm_jax import data
+
+    return data.is_image_spec(run.config.target)
+
+
+def _sample_images(args: argparse.Namespace, run) -> None:
+    from PIL import Image
+
+    from fm_jax.data import images
+    from fm_jax.train.image_eval import sample_images
+    from fm_jax.train.state import num_classes
+
+    if args.diffusion is not None:
+        raise SystemExit("fm-jax sample --diffusion is for vector data; sample image runs with the ODE "
+                         "(or call fm_jax.sample_sde from Python).")
+    num = 100 if args.num is None else args.num
+    classes = num_classes(run.config)
+    labels = None
+    if args.label is not None:
+        if not classes or not 0 <= args.label < classes:
+            raise SystemExit(f"--label must be a class in 0..{classes - 1}" if classes else
+                             "--label needs a class-conditional run; this one has no labels.")
+        labels = np.full(num, args.label, np.int32)
+    rtol = 1e-5 if args.rtol is None else args.rtol
+    atol = 1e-5 if args.atol is None else args.atol
+    spec = f"{args.solver}:{args.steps}" if args.steps else args.solver
+    try:
+        out = sample_images(run, num, spec, rtol, atol, labels, args.guidance, args.seed)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}"
+    if args.guidance is not None:
+        tag += f"_guidance{args.guidance:g}"
+    pixels = images.to_unit(out["x1"])
+    grid = images.image_grid(pixels, nrow=classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
+    scale = max(1, 256 // max(pixels.shape[1:3]))  # small images (8x8 digits) enlarged for viewing
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    base = pathlib.Path(args.workdir) / f"samples_{tag}"
+    np.savez(base.with_suffix(".npz"), images=pixels, labels=out["labels"] if out["labels"] is not None else [],
+             nfe=out["nfe"])
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base.with_suffix(".png"))
+    print(f"{num} images with {args.solver} (mean NFE {out['nfe']:.0f}): {base.with_suffix('.npz')}, "
+          f"{base.with_suffix('.png')}")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    from fm_jax.data import images
+
+    try:
+        info = images.prepare(args.dataset, args.data_dir)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    splits = ", ".join(f"{name} {count}" for name, count in info.splits.items())
+    print(f"{info.name}: images {info.shape}, {info.num_classes} classes, splits {splits}; "
+          f"in {args.data_dir or images.default_data_dir()}")
+
+
+def _evaluate_images(args: argparse.Namespace, run) -> dict:
+    from fm_jax.train.image_eval import evaluate_images
+
+    try:
+        result = evaluate_images(run, args.solvers, 1000 if args.num is None else args.num,
+                                 1e-5 if args.rtol is None else args.rtol, 1e-5 if args.atol is None else args.atol,
+                                 args.guidance, args.seed)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    path = pathlib.Path(args.workdir) / "eval.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"{result['method']}: N(0, I) -> {result['target']}, step {result['step']}, {result['num']} held-out images")
+    print(f"{'solver':<12} {'NFE':>6} {'FD pixel':>9} {'W2':>8} {'NPE':>8} {'curvature':>10}")
+    for spec, row in result["solvers"].items():
+        print(f"{spec:<12} {row['nfe']:>6.0f} {row['fd_pixel']:>9.3f} {row['w2']:>8.3f} "
+              f"{row['normalized_path_energy']:>8.3f} {row['curvature']:>10.3f}")
+    print(f"wrote {path}")
+    return result
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from fm_jax.train.evaluate import evaluate as run_eval
     from fm_jax.train.evaluate import parse_solver
@@ -221,6 +312,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     run = _load(args.workdir)
+    if is_image_run(run):
+        return _evaluate_images(args, run)
+    if args.guidance is not None:
+        raise SystemExit("--guidance is for class-conditional image runs.")
+    args.num = 10_000 if args.num is None else args.num
+    args.rtol = 1e-4 if args.rtol is None else args.rtol
+    args.atol = 1e-4 if args.atol is None else args.atol
     result = run_eval(run, args.solvers, args.num, args.rtol, args.atol, args.seed)
     path = pathlib.Path(args.workdir) / "eval.json"
     path.write_text(json.dumps(result, indent=1))
@@ -245,6 +343,8 @@ def nll(args: argparse.Namespace) -> dict:
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
     run = _load(args.workdir)
+    if is_image_run(run):
+        return _image_nll(args, run)
     try:
         report = held_out_nll(run, args.num, args.divergence, args.solver, args.rtol, args.atol, args.num_probes,
                               args.probe, args.seed)
@@ -268,6 +368,23 @@ def nll(args: argparse.Namespace) -> dict:
     return report
 
 
+def _image_nll(args: argparse.Namespace, run) -> dict:
+    from fm_jax.train.image_eval import image_nll
+
+    try:
+        report = image_nll(run, min(args.num, 1000), args.divergence, args.solver, args.rtol, args.atol,
+                           args.num_probes, args.probe, args.seed)
+    except (ValueError, FloatingPointError) as err:
+        raise SystemExit(str(err)) from None
+    out = pathlib.Path(args.workdir) / "nll.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"{report['method']}: {report['target']}, step {report['step']}, {report['num']} held-out images, "
+          f"{args.divergence} divergence, {args.solver}: {report['bits_per_dim']:.4f} +- "
+          f"{report['bits_per_dim_se']:.4f} bits/dim (dequantized)")
+    print(f"wrote {out}")
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-jax", description="Flow matching in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -284,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="fixed steps (default: adaptive)")
     s.add_argument("--rtol", type=float, default=None, help="adaptive relative tolerance (default 1e-4)")
     s.add_argument("--atol", type=float, default=None, help="adaptive absolute tolerance (default 1e-4)")
-    s.add_argument("--num", type=int, default=2000)
+    s.add_argument("--num", type=int, default=None, help="samples (default 2000; 100 images for image runs)")
+    s.add_argument("--label", type=int, default=None, help="class of every image (class-conditional image runs)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w (class-conditional runs; 1 = conditional)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--diffusion", type=float, default=None,
                    help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps; "
@@ -295,9 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--solvers", nargs="+", default=["dopri5", "euler:100", "euler:10", "euler:2"],
                    help="NAME (adaptive) or NAME:STEPS")
-    e.add_argument("--num", type=int, default=10_000)
-    e.add_argument("--rtol", type=float, default=1e-4)
-    e.add_argument("--atol", type=float, default=1e-4)
+    e.add_argument("--num", type=int, default=None, help="samples (default 10000; 1000 held-out images for image runs)")
+    e.add_argument("--rtol", type=float, default=None, help="adaptive tolerance (default 1e-4; 1e-5 for image runs)")
+    e.add_argument("--atol", type=float, default=None)
+    e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=evaluate)
 
@@ -313,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--grid", type=int, default=100, help="heat-map grid size for 2D runs (0: none)")
     n.add_argument("--seed", type=int, default=0)
     n.set_defaults(func=nll)
+
+    p = commands.add_parser("prepare", help="build an offline image dataset (digits, mnist5k) in TFDS format")
+    p.add_argument("--dataset", required=True, help="digits, mnist5k, or a TFDS name (prints how to prepare it)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.set_defaults(func=prepare)
 
     g = commands.add_parser("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")

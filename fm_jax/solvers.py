@@ -95,6 +95,8 @@ def velocity_field(
     cond: Any = None,
     path: GaussianPath | None = None,
     prediction: str = "velocity",
+    guidance: float | None = None,
+    null_label: int | None = None,
 ) -> VectorField:
     """vf(t, x) for a network `apply(params, t, x, cond)` trained to predict `prediction`.
 
@@ -102,16 +104,36 @@ def velocity_field(
     apart from x_t (see `GaussianPath.convert`): an eps-network at t = 0 where b = 0, an
     x1-network at t = 1 when s = 0 (e.g. `CondOT(sigma_min=0)`). Sample those on
     [delta, 1 - delta] with the t0 and t1 of `sample`.
+
+    Classifier-free guidance (Ho & Salimans 2022), for a network trained with label dropout:
+    `guidance=w` gives v = v(x | null) + w (v(x | cond) - v(x | null)), with `null_label` the
+    network's unconditional label; w = 1 is the conditional field, w = 0 the unconditional
+    one. Both fields come from one network call on the batch stacked twice, so one vf
+    evaluation (one NFE) costs two examples' worth of network per point.
     """
     if prediction != "velocity" and path is None:
         raise ValueError(f"A {prediction!r}-prediction network needs its path to become a velocity field.")
+    if guidance is not None and (cond is None or null_label is None):
+        raise ValueError("guidance needs the class labels (cond) and the network's null_label.")
 
-    def vf(t, x):
-        tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
-        out = apply(params, tb, x, cond)
+    def field(tb, x, labels):
+        out = apply(params, tb, x, labels)
         if prediction == "velocity":
             return out
         return path.convert(out, tb, x, src=prediction, dst="velocity")
+
+    def vf(t, x):
+        tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
+        if guidance is None:
+            return field(tb, x, cond)
+        labels = jnp.broadcast_to(jnp.asarray(cond), (x.shape[0],))
+        both = field(
+            jnp.concatenate([tb, tb]),
+            jnp.concatenate([x, x]),
+            jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
+        )
+        v_cond, v_null = both[: x.shape[0]], both[x.shape[0] :]
+        return v_null + guidance * (v_cond - v_null)
 
     return vf
 

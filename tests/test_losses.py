@@ -105,6 +105,34 @@ def test_loss_draws_standard_normal_source_and_passes_labels():
     assert set(metrics) == {"loss"}
 
 
+def test_label_dropout_replaces_a_fraction_of_labels_by_the_null_label_and_leaves_the_draws_alone():
+    seen = []
+
+    def apply(params, t, x_t, cond):
+        seen.append(cond)
+        return x_t * params
+
+    batch = {"x1": jax.random.normal(jax.random.key(1), (4000, 2)), "label": jnp.arange(4000) % 10}
+    plain = fm.cfm_loss(fm.paths.CondOT())
+    dropped = fm.cfm_loss(fm.paths.CondOT(), label_dropout=0.2, null_label=10)
+    v_plain, _ = plain(apply, 0.5, jax.random.key(0), batch)
+    v_drop, _ = dropped(apply, 0.5, jax.random.key(0), batch)
+    labels_plain, labels_drop = seen
+    np.testing.assert_array_equal(labels_plain, batch["label"])
+    null = np.asarray(labels_drop) == 10
+    # Binomial(4000, 0.2): 800 +- 25.
+    assert 700 < null.sum() < 900, null.sum()
+    np.testing.assert_array_equal(np.asarray(labels_drop)[~null], np.asarray(batch["label"])[~null])
+    # t, z and x0 come from the same keys with and without the option.
+    assert float(v_plain) == float(v_drop)
+    with pytest.raises(ValueError, match="needs labels"):
+        dropped(apply, 0.5, jax.random.key(0), {"x1": batch["x1"]})
+    with pytest.raises(ValueError, match="null_label"):
+        fm.cfm_loss(fm.paths.CondOT(), label_dropout=0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        fm.cfm_loss(fm.paths.CondOT(), label_dropout=1.0, null_label=10)
+
+
 def test_repeated_calls_do_not_recompile():
     loss = fm.cfm_loss(fm.paths.ICFM(sigma=0.1), fm.couplings.ExactOT(), fm.LogitNormalTime())
     apply = lambda p, t, x, c: p["w"] * x + p["b"] * t[:, None]

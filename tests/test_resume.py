@@ -120,7 +120,8 @@ def test_a_checkpoint_from_8_devices_restores_on_1_and_4(tmp_path):
     for devices, layout in [(1, "replicated"), (4, "fsdp")]:
         engine = build_engine(short_config(**{"mesh.num_devices": devices, "mesh.param_layout": layout}))
         shardings = jax.tree.map(lambda x: x.sharding, engine.state)
-        state, step = Checkpoints(tmp_path, read_only=True).restore_latest(engine.state, shardings)
+        state, step, position = Checkpoints(tmp_path, read_only=True).restore_latest(engine.state, shardings)
+        assert position == {"step": 60}
         assert step == 60
         for leaf, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
             assert len(leaf.sharding.device_set) == devices

@@ -186,3 +186,31 @@ def test_bad_input():
         fm.velocity_field(lambda *a: None, None, prediction="x1")
     with pytest.raises(ValueError, match="not an explicit Runge-Kutta"):
         fm.solvers.calls_per_step(diffrax.Kvaerno5())
+
+
+def test_classifier_free_guidance_extrapolates_from_the_unconditional_field_in_one_call_per_evaluation():
+    # v(x | c) = x + c for labels 0..2 and the null label 3, so the guided field is exact:
+    # v = (x + 3) + w ((x + c) - (x + 3)).
+    network_calls = [0]
+
+    def apply(params, t, x, cond):
+        network_calls[0] += 1
+        return x + cond[:, None].astype(x.dtype)
+
+    x = jax.random.normal(jax.random.key(0), (6, 2))
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    for w in (0.0, 1.0, 2.5):
+        vf = fm.velocity_field(apply, None, cond=labels, guidance=w, null_label=3)
+        expected = x + 3.0 + w * (labels[:, None] - 3.0)
+        np.testing.assert_allclose(vf(0.5, x), expected, rtol=1e-6)
+    # w = 1 is the conditional field.
+    np.testing.assert_allclose(
+        fm.velocity_field(apply, None, cond=labels, guidance=1.0, null_label=3)(0.3, x),
+        fm.velocity_field(apply, None, cond=labels)(0.3, x),
+        rtol=1e-6, atol=1e-6,
+    )
+    network_calls[0] = 0
+    fm.velocity_field(apply, None, cond=labels, guidance=2.0, null_label=3)(0.5, x)
+    assert network_calls[0] == 1
+    with pytest.raises(ValueError, match="null_label"):
+        fm.velocity_field(apply, None, cond=labels, guidance=2.0)

@@ -1,7 +1,9 @@
 """Data for fm_jax: the densities a flow is trained between.
 
 A density spec is the name of a toy 2D density (`toy2d`; "normal" is N(0, I) in the
-dimension of the other side) or `file:PATH` to a user-supplied point cloud (`points`).
+dimension of the other side), `file:PATH` to a user-supplied point cloud (`points`), or
+`tfds:NAME` for an image dataset in TFDS ArrayRecord format, read on the host with grain
+(`images`; only as a target, from a "normal" source).
 `densities(source, target)` resolves a pair into samplers `(key, n) -> (n, d)` of one
 dimension d, checking files (shape, NaN) on the host before anything compiles, with exact
 log-densities `(n, d) -> (n,)` for the toy densities and "normal" (None for point clouds).
@@ -16,7 +18,22 @@ import jax
 from fm_jax.data import points, toy2d
 from fm_jax.likelihood import standard_normal_log_prob
 
-__all__ = ["Density", "densities", "points", "toy2d"]
+__all__ = ["IMAGE_PREFIX", "Density", "densities", "image_name", "is_image_spec", "points", "toy2d"]
+
+IMAGE_PREFIX = "tfds:"
+
+
+def is_image_spec(spec: str) -> bool:
+    """Whether a density spec names an image dataset (`tfds:NAME`)."""
+    return spec.startswith(IMAGE_PREFIX)
+
+
+def image_name(spec: str) -> str:
+    """The TFDS name in an image spec: 'tfds:mnist5k' -> 'mnist5k'."""
+    name = spec.removeprefix(IMAGE_PREFIX)
+    if not is_image_spec(spec) or not name:
+        raise ValueError(f"{spec!r} is not an image spec: write tfds:NAME, e.g. tfds:digits.")
+    return name
 
 
 class Density(NamedTuple):
@@ -30,6 +47,11 @@ class Density(NamedTuple):
 
 def _resolve(spec: str) -> Density | None:
     """The density a spec names; None for "normal", whose dimension comes from the other side."""
+    if is_image_spec(spec):
+        raise ValueError(
+            f"{spec!r} is an image dataset: it has no sampler inside jit; training reads it with "
+            "fm_jax.data.images.batches (set it as config.target with config.source = 'normal')."
+        )
     if points.is_file_spec(spec):
         data = points.load_points(points.file_path(spec))
         return Density(points.empirical(data), data.shape[1])

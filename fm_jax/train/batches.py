@@ -1,15 +1,23 @@
-"""The batches a training call consumes: drawn on the devices, coupled on the host where the
-coupling's solver lives there.
+"""The batches a training call consumes: drawn on the devices, or read from an image dataset,
+and coupled on the host where the coupling's solver lives there.
 
-`make_batches(config, mesh, coupling)` returns `get(key, first_step)`, the
-`steps_per_call` batches {"x0", "x1"} of shape (steps_per_call, batch, d) for steps
-first_step, first_step + 1, ..., split over the mesh's "data" axis. Step s draws from
-`fold_in(fold_in(key, DATA_STREAM), s)` on the devices, so a batch does not depend on the
-device count.
+`make_batches(config, mesh, coupling, group)` returns a `Batches`: `batches(key, first_step)`
+gives the `steps_per_call` batches {"x0", "x1"[, "label"]} of shape (steps_per_call, batch,
+...) for steps first_step, first_step + 1, ..., split over the mesh's "data" axis;
+`batches.position(step)` is the data position to checkpoint with the state at `step`, and
+`batches.restore(position, step)` resumes there.
+
+- Densities (`fm_jax.data`): step s draws from `fold_in(fold_in(key, DATA_STREAM), s)` on the
+  devices, so a batch does not depend on the device count, and the position is the step.
+- Image datasets (`tfds:NAME`): each process reads its shard of the examples with grain
+  (`fm_jax.data.images.batches`: shuffled per epoch from `config.seed`) as uint8, the arrays
+  are assembled into global ones, and on the devices step s's key dequantizes / flips the
+  images into x1 in [-1, 1] and draws x0 ~ N(0, I). The position is the grain iterator's
+  state before the batches of that step were read, so a resumed run reads the same examples.
 
 A host coupling (`coupling.on_host`, e.g. `ExactOT(solver="network_simplex")`) is applied
 here rather than inside the sharded step: the batches come to the host, each coupling set
-(the whole batch, or each group of `coupling_group` examples) is solved in one single-device
+(the whole batch, or each group of `group` examples) is solved in one single-device
 call, and the coupled batches go back to the devices. A multi-device XLA program with host
 callbacks in a loop deadlocks on CPU devices, and a solve on the host overlaps with the
 devices' work on the previous call (the driver asks for the next batches right after
@@ -30,49 +38,158 @@ from fm_jax import data
 from fm_jax.couplings import Coupling
 from fm_jax.train.sharding import batch_sharding
 
-__all__ = ["DATA_STREAM", "make_batches"]
+__all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "make_batches"]
 
 DATA_STREAM = 0x5EED
 
 
-def make_batches(
-    config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int
-) -> Callable[[jax.Array, int], dict]:
-    """`get(key, first_step) -> batches`; `group` examples per coupling set for a host coupling."""
-    source, target = data.densities(config.source, config.target)
-    n, calls = config.batch_size, config.steps_per_call
-    sharding = batch_sharding(mesh, leading_axes=1)
+class Batches:
+    """`batches(key, first_step) -> dict`; `position(step)` and `restore(position, step)` for checkpoints."""
 
-    def one(key, step):
-        k_x0, k_x1 = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step))
-        return {"x0": source.sample(k_x0, n), "x1": target.sample(k_x1, n)}
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int):
+        self.calls, self.n = config.steps_per_call, config.batch_size
+        self.sharding = batch_sharding(mesh, leading_axes=1)
+        self.coupling, self.group = coupling, group
+        if coupling.on_host:
+            self._assignments = jax.jit(jax.vmap(coupling.assignment))
+            # The examples this process's devices hold: a contiguous run of the batch axis on a 1-axis mesh.
+            rows = [index[1] for index in self.sharding.addressable_devices_indices_map((self.calls, self.n)).values()]
+            self.local = slice(min(r.start or 0 for r in rows), max(self.n if r.stop is None else r.stop for r in rows))
 
-    @jax.jit
-    def sample(key, first_step):
-        return jax.vmap(one, in_axes=(None, 0))(key, first_step + jnp.arange(calls))
+    def __call__(self, key: jax.Array, first_step: int) -> dict:
+        raise NotImplementedError
 
-    sample_sharded = jax.jit(sample, out_shardings=sharding)
-    if not coupling.on_host:
-        return sample_sharded
+    def position(self, step: int) -> dict:
+        raise NotImplementedError
 
-    cpu = jax.local_devices(backend="cpu")[0]
-    assignments = jax.jit(jax.vmap(coupling.assignment))
-    # The examples this process's devices hold: a contiguous run of the batch axis on a 1-axis mesh.
-    rows = [index[1] for index in sharding.addressable_devices_indices_map((calls, n)).values()]
-    local = slice(min(r.start or 0 for r in rows), max(n if r.stop is None else r.stop for r in rows))
+    def restore(self, position: dict, step: int) -> None:
+        raise NotImplementedError
 
-    def get(key: jax.Array, first_step: int) -> dict:
-        with jax.default_device(cpu):
-            batch = jax.device_get(sample(jax.device_put(key, cpu), first_step))
-            x0 = batch["x0"].reshape(-1, group, *batch["x0"].shape[2:])
-            x1 = batch["x1"].reshape(x0.shape)
-            perm = np.asarray(assignments(x0, x1))
+    def _couple_on_host(self, batch: dict) -> dict:
+        """Pair the host arrays of the whole batch (every process does it: the global coupling
+        needs all of it), keep this process's rows, and assemble the global arrays."""
+        x0 = batch["x0"].reshape(-1, self.group, *batch["x0"].shape[2:])
+        x1 = batch["x1"].reshape(x0.shape)
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            perm = np.asarray(self._assignments(x0, x1))
         x0 = np.take_along_axis(x0, perm.reshape(perm.shape + (1,) * (x0.ndim - 2)), axis=1)
-        # Every process couples the whole batch (the global coupling needs it), then keeps its rows.
-        pairs = {"x0": x0.reshape(batch["x0"].shape)[:, local], "x1": batch["x1"][:, local]}
+        pairs = {name: value[:, self.local] for name, value in batch.items()} | {
+            "x0": x0.reshape(batch["x0"].shape)[:, self.local]
+        }
         return {
-            name: jax.make_array_from_process_local_data(sharding, value, batch[name].shape)
+            name: jax.make_array_from_process_local_data(self.sharding, value, batch[name].shape)
             for name, value in pairs.items()
         }
 
-    return get
+
+class DensityBatches(Batches):
+    """Batches drawn on the devices from the config's source and target densities."""
+
+    def __init__(self, config, mesh, coupling, group):
+        super().__init__(config, mesh, coupling, group)
+        source, target = data.densities(config.source, config.target)
+        n, calls = self.n, self.calls
+
+        def one(key, step):
+            k_x0, k_x1 = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step))
+            return {"x0": source.sample(k_x0, n), "x1": target.sample(k_x1, n)}
+
+        def sample(key, first_step):
+            return jax.vmap(one, in_axes=(None, 0))(key, first_step + jnp.arange(calls))
+
+        self._sample = jax.jit(sample)
+        self._sample_sharded = jax.jit(sample, out_shardings=self.sharding)
+
+    def __call__(self, key: jax.Array, first_step: int) -> dict:
+        if not self.coupling.on_host:
+            return self._sample_sharded(key, first_step)
+        cpu = jax.local_devices(backend="cpu")[0]
+        with jax.default_device(cpu):
+            batch = jax.device_get(self._sample(jax.device_put(key, cpu), first_step))
+        return self._couple_on_host(batch)
+
+    def position(self, step: int) -> dict:
+        return {"step": int(step)}
+
+    def restore(self, position: dict, step: int) -> None:
+        if position.get("step") != step:
+            raise ValueError(f"The checkpoint of step {step} holds the data position {position}; it is damaged.")
+
+
+class ImageBatches(Batches):
+    """Batches of an image dataset read with grain on each process; x1 and x0 made on the devices."""
+
+    def __init__(self, config, mesh, coupling, group, labels: bool):
+        super().__init__(config, mesh, coupling, group)
+        from fm_jax.data import images
+
+        self.config, self.labels = config, labels
+        processes = jax.process_count()
+        self._iterator = images.batches(
+            data.image_name(config.target),
+            config.data.dir or None,
+            config.data.split,
+            self.n // processes,
+            seed=config.seed,
+            shard_index=jax.process_index(),
+            shard_count=processes,
+            num_threads=config.data.num_threads,
+        )
+        self._next, self._positions = 0, {}
+        flip, dequantize = config.data.flip, config.data.dequantize
+
+        def one(key, step, image):
+            k_x0, k_x1 = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step))
+            x1 = images.preprocess(k_x1, image, flip=flip, dequantize=dequantize)
+            return jax.random.normal(k_x0, x1.shape, x1.dtype), x1
+
+        def prepare(key, first_step, image, label):
+            x0, x1 = jax.vmap(one, in_axes=(None, 0, 0))(key, first_step + jnp.arange(self.calls), image)
+            return {"x0": x0, "x1": x1} | ({"label": label} if labels else {})
+
+        self._prepare = jax.jit(prepare)
+        self._prepare_sharded = jax.jit(prepare, out_shardings=self.sharding)
+
+    def _read(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next `steps_per_call` host batches of this process: uint8 images and int32 labels."""
+        batches = [next(self._iterator) for _ in range(self.calls)]
+        return np.stack([b["image"] for b in batches]), np.stack([b["label"] for b in batches]).astype(np.int32)
+
+    def __call__(self, key: jax.Array, first_step: int) -> dict:
+        if first_step != self._next:
+            raise RuntimeError(f"Image batches are read in order: asked for step {first_step}, the next is {self._next}.")
+        self._positions = {first_step: self._iterator.get_state()} | {
+            s: p for s, p in self._positions.items() if s == first_step - self.calls
+        }
+        self._next = first_step + self.calls
+        image, label = self._read()
+        shape = (self.calls, self.n)
+        if self.coupling.on_host:  # single process (checked by the driver): the host holds the whole batch
+            cpu = jax.local_devices(backend="cpu")[0]
+            with jax.default_device(cpu):
+                batch = jax.device_get(self._prepare(jax.device_put(key, cpu), first_step, image, label))
+            return self._couple_on_host(batch)
+        image = jax.make_array_from_process_local_data(self.sharding, image, shape + image.shape[2:])
+        label = jax.make_array_from_process_local_data(self.sharding, label, shape)
+        return self._prepare_sharded(key, first_step, image, label)
+
+    def position(self, step: int) -> dict:
+        if step == self._next:
+            return self._iterator.get_state()
+        if step not in self._positions:
+            raise RuntimeError(f"No data position recorded for step {step} (the next batches are for step {self._next}).")
+        return self._positions[step]
+
+    def restore(self, position: dict, step: int) -> None:
+        self._iterator.set_state(position)
+        self._next, self._positions = step, {}
+
+
+def make_batches(
+    config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int, labels: bool = False
+) -> Batches:
+    """The batch source of a config; `group` examples per coupling set for a host coupling;
+    `labels`: whether image batches carry the class labels (class-conditional training)."""
+    if data.is_image_spec(config.target):
+        return ImageBatches(config, mesh, coupling, group, labels)
+    return DensityBatches(config, mesh, coupling, group)

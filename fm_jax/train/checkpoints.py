@@ -2,9 +2,11 @@
 
 Saves are asynchronous (the devices go on training while the state is written) and the
 last `keep` are kept. A checkpoint holds the whole `TrainState` (step, params, optimizer
-state, EMA, key); the data position is the step itself, since the batches of step s are a
-pure function of (key, s) (`fm_jax.train.batches`). Restoring places every array directly
-with the shardings of the current mesh, so a run saved on 8 devices resumes on 1 or 4.
+state, EMA, key) under `state/` and the data position under `data/` (JSON): for densities
+sampled on the devices it is the step itself (the batches of step s are a pure function of
+(key, s)); for image datasets it is the grain iterator's state at that step
+(`fm_jax.train.batches`). Restoring places every array directly with the shardings of the
+current mesh, so a run saved on 8 devices resumes on 1 or 4.
 
 A checkpoint that cannot be read (a partial write, a corrupt file) is skipped with a
 warning naming its step, and the one before it is used.
@@ -27,7 +29,7 @@ CHECKPOINTS = "checkpoints"
 
 
 class Checkpoints:
-    """`Checkpoints(workdir, keep=3)`: save(state, step), restore_latest(like, shardings), wait(), close()."""
+    """`Checkpoints(workdir, keep=3)`: save(state, step, data), restore_latest(like, shardings), wait(), close()."""
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
@@ -43,12 +45,14 @@ class Checkpoints:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, state: TrainState, step: int) -> None:
-        """Start writing `state` as checkpoint `step`; returns before the write ends."""
-        self.manager.save(step, args=ocp.args.StandardSave(checkpoint_tree(state)), force=True)
+    def save(self, state: TrainState, step: int, data: dict) -> None:
+        """Start writing `state` and the data position `data` as checkpoint `step`; returns before the write ends."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(checkpoint_tree(state)), data=ocp.args.JsonSave(data))
+        self.manager.save(step, args=args, force=True)
 
-    def restore_latest(self, like: TrainState, shardings: Any) -> tuple[TrainState, int] | None:
-        """The newest readable checkpoint placed with `shardings` (a tree like `like`), or None if none exists."""
+    def restore_latest(self, like: TrainState, shardings: Any) -> tuple[TrainState, int, dict] | None:
+        """(state, step, data position) of the newest readable checkpoint, the state placed with
+        `shardings` (a tree like `like`); None if none exists."""
         target = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             checkpoint_tree(like),
@@ -56,7 +60,8 @@ class Checkpoints:
         )
         for step in reversed(self.steps()):
             try:
-                tree = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+                restored = self.manager.restore(step, args=args)
             except Exception as err:  # orbax raises many types for a damaged checkpoint
                 warnings.warn(
                     f"Checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}: {err}); "
@@ -65,8 +70,8 @@ class Checkpoints:
                     stacklevel=2,
                 )
                 continue
-            state = TrainState(**tree)
-            return state._replace(key=jax.random.wrap_key_data(state.key)), step
+            state = TrainState(**restored["state"])
+            return state._replace(key=jax.random.wrap_key_data(state.key)), step, dict(restored["data"])
         return None
 
     def wait(self) -> None:

@@ -1,7 +1,8 @@
 """The training driver: config checks, the host loop around the sharded step, logs, orbax save.
 
 `train(config, workdir)` trains `config.method` from `config.source` to `config.target`
-(densities of `fm_jax.data`: toy 2D densities or point files) with an MLP on a mesh of
+(densities of `fm_jax.data`: toy 2D densities, point files, or `tfds:NAME` image datasets)
+with an MLP or a U-Net (`fm_jax.train.state`) on a mesh of
 `config.mesh.num_devices` devices (`fm_jax.train.step`), and leaves in `workdir`:
 `config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/` (the
 final `TrainState`, orbax). Each call draws `steps_per_call` batches on the devices, already
@@ -32,21 +33,53 @@ from fm_jax.couplings import Independent
 from fm_jax.data import points
 from fm_jax.losses import CFMLoss
 from fm_jax.train import distributed, sharding
-from fm_jax.train.batches import make_batches
+from fm_jax.train.batches import Batches, make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.metrics_log import MetricsLog
 from fm_jax.train.methods import build_loss
-from fm_jax.train.state import TrainState, init_state
+from fm_jax.train.state import TrainState, image_info, init_state, num_classes, uses_dropout
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
 
 
 
+def _check_images(config: ml_collections.ConfigDict) -> None:
+    """An image target: a normal source, a U-Net, a prepared dataset, labels where conditioned."""
+    if config.source != "normal":
+        raise ValueError(f"Image targets are generated from the 'normal' source; got source {config.source!r}.")
+    if "data" not in config:
+        raise ValueError("An image target needs a config.data section; start from experiments/configs/images.py.")
+    if config.model.get("kind", "mlp") != "unet":
+        raise ValueError(f"The target {config.target!r} is an image dataset: use --config.model.kind=unet.")
+    info = image_info(config)  # prepared (or prepares an offline dataset), else says how
+    if config.data.split not in info.splits:
+        raise ValueError(f"{info.name} has no split {config.data.split!r}; its splits are {sorted(info.splits)}.")
+    if config.get("conditional", False) and info.num_classes < 1:
+        raise ValueError(f"config.conditional is set but {info.name} has no class labels: set --config.conditional=false.")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} does not split over {jax.process_count()} processes.")
+    if jax.process_count() > 1 and build_loss(config.method, config.sigma, ot_solver=config.ot_solver).coupling.on_host:
+        raise ValueError(
+            "A host OT solver couples the whole batch, which no one process holds when images are read per "
+            "process: use --config.ot_solver=hungarian (solved on the devices) or --config.coupling_scope=group."
+        )
+
+
+def _label_dropout(config: ml_collections.ConfigDict) -> tuple[float, int | None]:
+    """(label dropout, null label) of the loss: the null label is the network's extra class."""
+    classes = num_classes(config)
+    return (config.get("label_dropout", 0.0), classes) if classes else (0.0, None)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Every mistake that can be found before compiling, as one clear error."""
-    data.densities(config.source, config.target)  # names, point files (shape, NaN) and dimensions
-    build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
+    if data.is_image_spec(config.target):
+        _check_images(config)
+    else:
+        data.densities(config.source, config.target)  # names, point files (shape, NaN) and dimensions
+    build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver,
+               label_dropout=config.get("label_dropout", 0.0), null_label=0)
     if config.optimizer not in ("adam", "adamw"):
         raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose 'adam' or 'adamw'.")
     for field in ("num_steps", "batch_size", "steps_per_call", "log_every"):
@@ -66,6 +99,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}.")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1) (0 turns EMA off), got {config.ema_decay}.")
+    if config.get("warmup_steps", 0) < 0 or config.get("grad_clip", 0.0) < 0:
+        raise ValueError("config.warmup_steps and config.grad_clip must be >= 0 (0 turns them off).")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ValueError(f"config.learning_rate must be positive, got {config.learning_rate}.")
     if config.precision not in PRECISIONS:
@@ -99,6 +134,8 @@ def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.Con
     for field in ("source", "target"):
         if points.is_file_spec(config[field]):
             config[field] = points.FILE_PREFIX + str(points.file_path(config[field]))
+    if "data" in config and config.data.dir:
+        config.data.dir = str(pathlib.Path(config.data.dir).expanduser().absolute())
     return config
 
 
@@ -109,7 +146,7 @@ class Engine(NamedTuple):
     `Independent` where the batches arrive coupled from the host)."""
 
     state: TrainState
-    batches: Callable[[jax.Array, int], dict]
+    batches: Batches
     steps: Callable[[TrainState, dict], tuple[TrainState, jax.Array]]
     data_key: jax.Array
     mesh: Mesh
@@ -123,10 +160,13 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
     apply, optimizer, state = init_state(config)
     state_sharding = sharding.state_shardings(state, mesh, config.mesh.param_layout)
     state = sharding.place(state, state_sharding)
-    loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver)
+    dropout, null_label = _label_dropout(config)
+    loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver,
+                      label_dropout=dropout, null_label=null_label)
     group = coupling_group(config, mesh.devices.size)
     # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
-    batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size)
+    batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size,
+                           labels=null_label is not None)
     loss = dataclasses.replace(loss, coupling=Independent()) if loss.coupling.on_host else loss
     steps = make_train_step(
         loss,
@@ -138,6 +178,7 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
         coupling_scope=config.coupling_scope,
         coupling_group=group,
         precision=config.precision,
+        dropout=uses_dropout(config),
     )
     # The state's key, kept on the host too: drawing batches never waits for a step.
     return Engine(state, batches, steps, jax.random.key(config.seed), mesh, apply, loss)
@@ -225,7 +266,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     engine = build_engine(config)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
     restored = checkpoints.restore_latest(engine.state, jax.tree.map(lambda x: x.sharding, engine.state))
-    state, start_step = restored if restored else (engine.state, 0)
+    state, start_step = (engine.state, 0) if restored is None else restored[:2]
+    if restored is not None:
+        engine.batches.restore(restored[2], start_step)
     if primary:
         MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
     k, data_key = config.steps_per_call, engine.data_key
@@ -262,7 +305,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     if log:
                         log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
-                    checkpoints.save(state, step)
+                    checkpoints.save(state, step, engine.batches.position(step))
                 if stop:
                     raise Interrupted(
                         f"{stop[0]} at step {step}: the state is saved in {checkpoints.directory}; "

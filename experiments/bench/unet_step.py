@@ -1,0 +1,106 @@
+"""U-Net train-step time with the flow-matching loss beside the bare network step, f32 and bf16.
+
+    python experiments/bench/unet_step.py [--preset small] [--shape 32,32,3] [--batch 128] [--calls 10] [--out results/unet_step.json]
+    python experiments/bench/unet_step.py --preset torchcfm_cifar10    # the CIFAR-10 net (a GPU job)
+
+On synthetic 32x32x3 data (no dataset needed), one Adam step per jitted call:
+
+- "bare": the network regressed on a fixed (t, x, target) batch: no draws, path or coupling;
+- "loss": the FM loss (conditional-OT path) on a fixed data batch x1: it draws x0, t and z and
+  builds x_t and u_t itself, as a training step does.
+
+Both in float32 and with the bf16 compute of `fm_jax.train.step.mixed_precision`. The calls of
+the variants of one precision are interleaved and the median call time is reported, so the
+ratio loss / bare is taken under the same machine load. Also printed: compile times and,
+from XLA's cost analysis, the step's FLOPs and the achieved FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from fm_jax import paths
+from fm_jax.losses import cfm_loss
+from fm_jax.models import functional, unet
+from fm_jax.train.step import mixed_precision
+
+
+def make_step(grad_fn, optimizer):
+    @jax.jit
+    def step(params, opt_state, i):
+        grads = grad_fn(params, i)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(unet.PRESETS))
+    parser.add_argument("--shape", default="32,32,3", help="H,W,C")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per variant (after one warm-up)")
+    parser.add_argument("--out", default="results/unet_step.json")
+    args = parser.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    model = unet.unet_preset(args.preset, shape, rngs=nnx.Rngs(0))
+    apply, params = functional(model)
+    n, key = args.batch, jax.random.key(0)
+    t = jax.random.uniform(key, (n,))
+    x = jax.random.normal(jax.random.fold_in(key, 1), (n, *shape))
+    x1 = jnp.tanh(jax.random.normal(jax.random.fold_in(key, 2), (n, *shape)))
+    loss = cfm_loss(paths.CondOT())
+    optimizer = optax.adam(1e-4)
+    result = {"preset": args.preset, "params": unet.count_params(model), "shape": shape, "batch": n,
+              "machine": f"{platform.machine()} {jax.devices()[0].device_kind}", "precisions": {}}
+    for precision in ("float32", "bfloat16"):
+        net = mixed_precision(apply, precision)
+        variants = {
+            "bare": lambda p, i: jax.grad(lambda p: jnp.mean((net(p, t, x, None) - x1) ** 2))(p),
+            "loss": lambda p, i: jax.grad(lambda p: loss(net, p, jax.random.fold_in(key, i), {"x1": x1})[0])(p),
+        }
+        steps, carries, row = {}, {}, {}
+        for name, fn in variants.items():
+            steps[name] = make_step(fn, optimizer)
+            began = time.perf_counter()
+            compiled = steps[name].lower(params, optimizer.init(params), 0).compile()
+            row[f"{name}_compile_s"] = time.perf_counter() - began
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            row[f"{name}_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
+            carries[name] = jax.block_until_ready(steps[name](params, optimizer.init(params), 0))
+        times = {name: [] for name in variants}
+        for call in range(args.calls):
+            for name in variants:
+                began = time.perf_counter()
+                carries[name] = jax.block_until_ready(steps[name](*carries[name], call + 1))
+                times[name].append(time.perf_counter() - began)
+        for name in variants:
+            row[f"{name}_step_s"] = float(np.median(times[name]))
+            row[f"{name}_images_per_s"] = n / row[f"{name}_step_s"]
+            row[f"{name}_tflop_per_s"] = row[f"{name}_gflop"] / row[f"{name}_step_s"] / 1e3
+        row["loss_over_bare_time"] = row["loss_step_s"] / row["bare_step_s"]
+        result["precisions"][precision] = row
+        print(f"{precision}: bare {row['bare_step_s'] * 1e3:.1f} ms, loss {row['loss_step_s'] * 1e3:.1f} ms "
+              f"({row['loss_over_bare_time']:.3f}x), {row['loss_images_per_s']:.0f} images/s, "
+              f"{row['loss_gflop']:.0f} GFLOP/step, {row['loss_tflop_per_s']:.2f} TFLOP/s, "
+              f"compile {row['loss_compile_s']:.1f} s", flush=True)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Training on images end to end: TFDS + grain batches into the sharded step, exact resume with
+the data iterator's position, 8 devices against 1, class-conditional training with guidance,
+and the CLI's sample / eval / nll on an image run."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from fm_jax import cli
+from fm_jax.train import apply_overrides, load_config, train
+from fm_jax.train.checkpoints import Checkpoints
+from fm_jax.train.loop import build_engine, check_config
+from fm_jax.train.state import uses_dropout
+from fm_jax.train.workdir import load_run
+
+CONFIG = pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "images.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+def image_config(data_dir, **overrides):
+    fields = {"data.dir": str(data_dir), "model.preset": "tiny", "batch_size": 16, "num_steps": 20,
+              "steps_per_call": 5, "log_every": 10, "checkpoint_every": 10, "warmup_steps": 5} | overrides
+    return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
+
+
+def params_of(state):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+
+
+def test_an_interrupted_image_run_resumes_on_the_same_examples(data_dir, tmp_path):
+    whole = train(image_config(data_dir), tmp_path / "whole", progress=False)
+    train(image_config(data_dir, num_steps=10), tmp_path / "halves", progress=False)
+    _, step, position = Checkpoints(tmp_path / "halves", read_only=True).restore_latest(
+        whole, jax.tree.map(lambda x: x.sharding, whole))
+    assert step == 10 and position != {"step": 10}  # the grain iterator's state, not just the step
+    resumed = train(image_config(data_dir), tmp_path / "halves", progress=False)
+    for a, b in zip(params_of(whole), params_of(resumed)):
+        np.testing.assert_array_equal(a, b)
+    # The run moved: the test can fail.
+    first = load_run(tmp_path / "whole")
+    assert first.step == 20
+    assert any(np.abs(a).max() > 0 for a in params_of(whole))
+
+
+@pytest.mark.parametrize("fields", [
+    {"method": "fm", "model.dropout": 0.1},
+    {"method": "otcfm", "ot_solver": "network_simplex", "conditional": True},
+    {"method": "icfm", "conditional": True, "data.flip": True},
+], ids=["fm_dropout", "otcfm_host_conditional", "icfm_conditional_flip"])
+def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir, fields):
+    losses = {}
+    for devices in (1, 8):
+        config = image_config(data_dir, **fields, **{"mesh.num_devices": devices})
+        check_config(config)
+        engine = build_engine(config)
+        state, values = engine.state, []
+        for call in range(2):
+            state, out = engine.steps(state, engine.batches(engine.data_key, call * 5))
+            values.append(np.asarray(out))
+        losses[devices] = np.concatenate(values)
+        assert uses_dropout(config) == ("model.dropout" in fields)
+        if fields.get("conditional"):
+            # Labels reach the step, with the null label as the U-Net's extra class.
+            assert engine.loss.label_dropout == 0.1 and engine.loss.null_label == 10
+    assert np.all(np.isfinite(losses[1]))
+    np.testing.assert_allclose(losses[8], losses[1], rtol=2e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def conditional_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cond")
+    overrides = [f"--config.data.dir={data_dir}", "--config.model.preset=tiny", "--config.batch_size=16",
+                 "--config.num_steps=20", "--config.steps_per_call=10", "--config.log_every=10",
+                 "--config.checkpoint_every=10", "--config.conditional=true"]
+    cli.main(["train", "--config", str(CONFIG), "--workdir", str(workdir), *overrides])
+    return workdir
+
+
+def test_cli_samples_a_class_grid_with_guidance(conditional_run):
+    cli.main(["sample", "--workdir", str(conditional_run), "--solver", "euler", "--steps", "4", "--num", "20",
+              "--guidance", "2"])
+    png = conditional_run / "samples_euler_4steps_guidance2.png"
+    grid = np.asarray(Image.open(png))
+    # Two rows of ten 8x8 digits with 1-px gaps, enlarged 32 times.
+    assert grid.shape == (32 * 17, 32 * 89)
+    saved = np.load(conditional_run / "samples_euler_4steps_guidance2.npz")
+    assert saved["images"].shape == (20, 8, 8, 1) and saved["images"].dtype == np.uint8
+    np.testing.assert_array_equal(saved["labels"], np.arange(20) % 10)
+    assert float(saved["nfe"]) == 4
+
+
+def test_cli_eval_and_nll_of_an_image_run(conditional_run):
+    result = cli.main(["eval", "--workdir", str(conditional_run), "--solvers", "euler:4", "--num", "64"])
+    assert result == 0
+    report = json.loads((conditional_run / "eval.json").read_text())
+    row = report["solvers"]["euler:4"]
+    assert report["num"] == 64 and row["nfe"] == 4
+    assert row["fd_pixel"] > 0 and row["w2"] > 0 and np.isfinite(row["curvature"])
+    cli.main(["nll", "--workdir", str(conditional_run), "--solver", "euler:4", "--num", "32",
+              "--divergence", "exact"])
+    nll = json.loads((conditional_run / "nll.json").read_text())
+    # A barely trained model is far from the data, but bits/dim of 8-bit data are positive and finite.
+    assert nll["num"] == 32 and nll["dim"] == 64 and nll["conditional"]
+    assert 0 < nll["bits_per_dim"] < 100
+
+
+def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, capsys):
+    unconditional = tmp_path / "uncond"
+    train(image_config(data_dir, num_steps=5, steps_per_call=5, log_every=5, checkpoint_every=5), unconditional,
+          progress=False)
+    with pytest.raises(SystemExit, match="guidance scale needs a class-conditional model"):
+        cli.main(["sample", "--workdir", str(unconditional), "--guidance", "2", "--steps", "2", "--solver", "euler"])
+    with pytest.raises(SystemExit, match="--label needs a class-conditional run"):
+        cli.main(["sample", "--workdir", str(unconditional), "--label", "3", "--steps", "2", "--solver", "euler"])
+    with pytest.raises(ValueError, match="model.kind=unet"):
+        check_config(image_config(data_dir, **{"model.kind": "mlp"}))
+    with pytest.raises(ValueError, match="'normal' source"):
+        check_config(image_config(data_dir, source="moons"))
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        check_config(image_config(data_dir, **{"data.split": "validation"}))
+    with pytest.raises(ValueError, match="tfds build cifar10"):
+        check_config(image_config(tmp_path / "empty", target="tfds:cifar10"))
+    with pytest.raises(ValueError, match="Unknown config.model.preset"):
+        build_engine(image_config(data_dir, **{"model.preset": "huge"}))
+    with pytest.raises(ValueError, match="image dataset"):
+        check_config(image_config(data_dir, **{"model.kind": "mlp"}, source="tfds:digits", target="moons"))
