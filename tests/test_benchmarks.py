@@ -62,3 +62,15 @@ def test_torchcfm_comparison_trains_and_samples_the_fm_jax_side(monkeypatch):
     out = bench.run_fm_jax("otcfm", "8gaussians", "moons", steps=20, num=64, seed=0)
     assert out["steps_per_s"] > 0 and out["samples"].shape == (64, 2)
     assert bench.SIGMA == {"icfm": 0.1, "otcfm": 0.1, "sbcfm": 1.0}
+
+
+def test_unet_bench_times_the_loss_beside_the_bare_step_in_both_precisions(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "unet.json"
+    importlib.import_module("unet_step").main(["--preset", "tiny", "--shape", "8,8,1", "--batch", "4", "--calls", "1",
+                                               "--precisions", "float32", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["params"] == 190_369  # the tiny preset, unconditional, on 8x8x1
+    for row in result["precisions"].values():
+        assert row["loss_step_s"] > 0 and row["bare_step_s"] > 0 and row["loss_gflop"] > 0
+        assert row["loss_over_bare_time"] == row["loss_step_s"] / row["bare_step_s"]

@@ -27,7 +27,7 @@ def data_dir(tmp_path_factory):
 
 def image_config(data_dir, **overrides):
     fields = {"data.dir": str(data_dir), "model.preset": "tiny", "batch_size": 16, "num_steps": 20,
-              "steps_per_call": 5, "log_every": 10, "checkpoint_every": 10, "warmup_steps": 5} | overrides
+              "steps_per_call": 1, "log_every": 10, "checkpoint_every": 10, "warmup_steps": 5} | overrides
     return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
 
 
@@ -63,7 +63,7 @@ def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir,
         engine = build_engine(config)
         state, values = engine.state, []
         for call in range(2):
-            state, out = engine.steps(state, engine.batches(engine.data_key, call * 5))
+            state, out = engine.steps(state, engine.batches(engine.data_key, call))
             values.append(np.asarray(out))
         losses[devices] = np.concatenate(values)
         assert uses_dropout(config) == ("model.dropout" in fields)
@@ -78,7 +78,7 @@ def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir,
 def conditional_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cond")
     overrides = [f"--config.data.dir={data_dir}", "--config.model.preset=tiny", "--config.batch_size=16",
-                 "--config.num_steps=20", "--config.steps_per_call=10", "--config.log_every=10",
+                 "--config.num_steps=20", "--config.steps_per_call=1", "--config.log_every=10",
                  "--config.checkpoint_every=10", "--config.conditional=true"]
     cli.main(["train", "--config", str(CONFIG), "--workdir", str(workdir), *overrides])
     return workdir
@@ -114,7 +114,7 @@ def test_cli_eval_and_nll_of_an_image_run(conditional_run):
 
 def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, capsys):
     unconditional = tmp_path / "uncond"
-    train(image_config(data_dir, num_steps=5, steps_per_call=5, log_every=5, checkpoint_every=5), unconditional,
+    train(image_config(data_dir, num_steps=2, log_every=2, checkpoint_every=2), unconditional,
           progress=False)
     with pytest.raises(SystemExit, match="guidance scale needs a class-conditional model"):
         cli.main(["sample", "--workdir", str(unconditional), "--guidance", "2", "--steps", "2", "--solver", "euler"])

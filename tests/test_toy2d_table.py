@@ -21,3 +21,14 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     assert cell["steps_per_s"]["mean"] > 0 and cell["nfe"]["mean"] > 0
     md = (tmp_path / "toy2d.md").read_text()
     assert "| fm | n/a" in md and "normal → moons" in md
+
+
+def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
+    out = tmp_path / "images.json"
+    importlib.import_module("images_table").main([
+        "--datasets", "digits", "--methods", "fm", "--steps", "2", "--batch", "8", "--num", "8", "--preset", "tiny",
+        "--solvers", "euler:2", "--divergence", "exact", "--data-dir", str(tmp_path / "tfds"), "--out", str(out)])
+    cell = json.loads(out.read_text())["table"]["digits"]["fm"]
+    assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
+    assert "| digits | fm |" in out.with_suffix(".md").read_text()

@@ -51,6 +51,7 @@ def main(argv=None):
     parser.add_argument("--shape", default="32,32,3", help="H,W,C")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--calls", type=int, default=10, help="timed calls per variant (after one warm-up)")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--out", default="results/unet_step.json")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -64,7 +65,7 @@ def main(argv=None):
     optimizer = optax.adam(1e-4)
     result = {"preset": args.preset, "params": unet.count_params(model), "shape": shape, "batch": n,
               "machine": f"{platform.machine()} {jax.devices()[0].device_kind}", "precisions": {}}
-    for precision in ("float32", "bfloat16"):
+    for precision in args.precisions:
         net = mixed_precision(apply, precision)
         variants = {
             "bare": lambda p, i: jax.grad(lambda p: jnp.mean((net(p, t, x, None) - x1) ** 2))(p),

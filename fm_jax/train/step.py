@@ -144,6 +144,12 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state, ema, state.key), value
 
     def steps(state: TrainState, batches: dict):
+        if jax.tree.leaves(batches)[0].shape[0] == 1:
+            # One step per call runs outside a loop: XLA:CPU runs convolutions inside a while
+            # loop ~20x slower than outside one (a U-Net step on 8x8 digits: 6.5 s vs 0.33 s),
+            # so convolutional models train with steps_per_call = 1 on CPUs.
+            state, value = one_step(state, jax.tree.map(lambda x: x[0], batches))
+            return state, value[None]
         return jax.lax.scan(one_step, state, batches)
 
     return jax.jit(
