@@ -16,11 +16,16 @@ other TFDS image dataset (tfds:mnist, tfds:cifar10, ...) must be prepared there 
 ArrayRecord format (`fm-jax prepare --dataset NAME` says how).
 """
 
+import pathlib
+
 import ml_collections
+
+from fm_jax.train.configs import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    # The engine's sections (checkpoints, mesh, coupling scope, precision, distributed) as in toy2d.py.
+    config = load_config(pathlib.Path(__file__).with_name("toy2d.py"))
     config.method = "fm"
     config.sigma = 0.0
     # OT-CFM's exact solver: POT's network simplex on the host is the fast one on a CPU;
@@ -37,9 +42,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Class-conditional training; label_dropout trains the unconditional field too, for guidance.
     config.conditional = False
     config.label_dropout = 0.1
-    config.optimizer = "adam"
-    config.learning_rate = 1e-3
-    config.weight_decay = 0.0
     config.warmup_steps = 100
     config.lr_decay = "constant"  # or "polynomial": linear decay to 0 at num_steps after the warmup
     config.grad_clip = 1.0
@@ -49,14 +51,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 1  # see fm_jax.train.step: XLA:CPU runs convolutions in a scan ~20x slower
     config.log_every = 100
     config.checkpoint_every = 500
-    config.keep_checkpoints = 3
-    config.seed = 0
-    config.mesh = ml_collections.ConfigDict({"num_devices": 0, "param_layout": "replicated"})
-    config.coupling_scope = "global"
-    config.coupling_group = 0
-    config.precision = "float32"
-    config.distributed = ml_collections.ConfigDict({
-        "mode": "off", "coordinator": "", "num_processes": 1, "process_id": 0,
-        "init_timeout_s": 300, "heartbeat_timeout_s": 100,
-    })
     return config
