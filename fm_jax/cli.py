@@ -187,6 +187,8 @@ def sample(args: argparse.Namespace) -> None:
         if args.steps is None or args.diffusion < 0:
             raise SystemExit("--diffusion C (C >= 0) samples an SDE in fixed steps: give --steps N as well.")
     run = _load(args.workdir)
+    if is_flow_run(run):
+        return _sample_flow(args, run)
     if is_image_run(run):
         return _sample_images(args, run)
     if args.guidance is not None or args.label is not None:
@@ -222,6 +224,31 @@ def sample(args: argparse.Namespace) -> None:
     title = f"{run.config.method} {run.config.source} -> {run.config.target}, {args.solver}, NFE {int(sol.nfe)}"
     plot_flow(png, sol.x, target, sol.trajectory, title)
     print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {npz}, {png}")
+
+
+def is_flow_run(run) -> bool:
+    """A normalizing-flow run (method "flow"): it samples in one shot and has an exact likelihood."""
+    if run.config.method != "flow":
+        return False
+    if is_image_run(run):
+        raise SystemExit("Sampling and evaluating a normalizing flow on images is not in the CLI yet; use "
+                         "fm_jax.train.state.model_method(run.config, 'sample') from Python.")
+    return True
+
+
+def _sample_flow(args: argparse.Namespace, run) -> None:
+    from fm_jax import data
+    from fm_jax.plots import plot_flow
+    from fm_jax.train.state import model_method
+
+    args.num = 2000 if args.num is None else args.num
+    k_x, k_tgt = jax.random.split(jax.random.key(args.seed))
+    x = jax.jit(model_method(run.config, "sample"), static_argnums=2)(run.params, k_x, args.num)
+    target = data.densities(run.config.source, run.config.target)[1].sample(k_tgt, args.num)
+    npz, png = (pathlib.Path(args.workdir) / f"samples_flow.{ext}" for ext in ("npz", "png"))
+    np.savez(npz, x1=np.asarray(x))
+    plot_flow(png, x, target, None, f"normalizing flow ({run.config.flow.kind}) -> {run.config.target}")
+    print(f"{args.num} samples of the normalizing flow (one shot): {npz}, {png}")
 
 
 def is_image_run(run) -> bool:
@@ -304,7 +331,7 @@ def _evaluate_images(args: argparse.Namespace, run) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     from fm_jax.train.evaluate import evaluate as run_eval
-    from fm_jax.train.evaluate import parse_solver
+    from fm_jax.train.evaluate import evaluate_flow, parse_solver
 
     try:
         for spec in args.solvers:
@@ -312,15 +339,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     run = _load(args.workdir)
-    if is_image_run(run):
+    if not is_flow_run(run) and is_image_run(run):
         return _evaluate_images(args, run)
     if args.guidance is not None:
         raise SystemExit("--guidance is for class-conditional image runs.")
     args.num = 10_000 if args.num is None else args.num
     args.rtol = 1e-4 if args.rtol is None else args.rtol
     args.atol = 1e-4 if args.atol is None else args.atol
-    result = run_eval(run, args.solvers, args.num, args.rtol, args.atol, args.seed)
     path = pathlib.Path(args.workdir) / "eval.json"
+    if is_flow_run(run):
+        result = evaluate_flow(run, args.num, args.seed)
+        path.write_text(json.dumps(result, indent=1))
+        row = result["solvers"]["flow"]
+        print(f"normalizing flow -> {result['target']}, step {result['step']}, {args.num} one-shot samples "
+              f"({row['passes']} sequential passes): W2 {row['w2']:.4f}, MMD^2 {row['mmd2']:.2e}\nwrote {path}")
+        return result
+    result = run_eval(run, args.solvers, args.num, args.rtol, args.atol, args.seed)
     path.write_text(json.dumps(result, indent=1))
     print(f"{result['method']}: {result['source']} -> {result['target']}, step {result['step']}, {args.num} samples")
     print(f"{'solver':<12} {'NFE':>5} {'W2':>8} {'MMD^2':>9} {'NPE':>8} {'curvature':>10}")
@@ -343,7 +377,7 @@ def nll(args: argparse.Namespace) -> dict:
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
     run = _load(args.workdir)
-    if is_image_run(run):
+    if not is_flow_run(run) and is_image_run(run):
         return _image_nll(args, run)
     try:
         report = held_out_nll(run, args.num, args.divergence, args.solver, args.rtol, args.atol, args.num_probes,

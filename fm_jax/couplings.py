@@ -15,6 +15,18 @@ carried through. All couplings run inside `jax.jit`.
   bridge of the Brownian motion sigma W (SB-CFM, Tong et al. 2024, Prop. 3.4). Use it with
   `paths.BrownianBridge(sigma)`.
 
+Couplings made by a teacher map (`TeacherCoupling`), deterministic given the data:
+
+- `nf_coupling`: Normalized Flow Matching (Berthelot et al. 2026): each data point with its
+  latent under a frozen normalizing flow f trained on x + eta eps, x0 = f(x1 + eta eps) / sigma_f
+  (sigma_f the flow's prior std, so that x0 ~ N(0, I) for a perfect teacher).
+- `reflow_coupling`: reflow (rectified flow; Liu et al. 2023): the teacher is a trained flow
+  matching field and its ODE the map: backward, x0 = Phi_{1->0}(x1) (each data point with the
+  source point the teacher sends to it), or forward, x1 = Phi_{0->1}(x0) (each source point
+  with the teacher's sample from it, as in Liu et al.; the data batch is then not used).
+
+The teacher's parameters are held by the coupling and enter the train step as constants.
+
 `ExactOT(class_conditional=True)` and `SinkhornOT(class_conditional=True)` pair points only
 within a class: the source point in row i takes the label of data row i (the source is
 drawn independently of the data, so this splits it at random) and the cost between
@@ -26,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +48,8 @@ import ot
 from ott.geometry import geometry
 from ott.solvers import linear
 
+from fm_jax import solvers
+
 __all__ = [
     "EXACT_SOLVERS",
     "Coupling",
@@ -42,9 +57,15 @@ __all__ = [
     "Independent",
     "SchrodingerBridge",
     "SinkhornOT",
+    "TeacherCoupling",
+    "nf_coupling",
     "pairwise_sq_distances",
+    "reflow_coupling",
     "sample_pairs",
 ]
+
+TEACHER_SIDES = ("x0", "x1")
+REFLOW_DIRECTIONS = ("backward", "forward")
 
 
 EXACT_SOLVERS = ("hungarian", "network_simplex")
@@ -253,3 +274,55 @@ class SchrodingerBridge(Coupling):
 
     def __call__(self, key, x0, x1, labels=None):
         return self.sinkhorn(key, x0, x1, labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TeacherCoupling(Coupling):
+    """Pairs made by a frozen teacher map `teacher(params, key, x, labels) -> x'`.
+
+    `side="x0"`: x0 = teacher(x1), each data point with its teacher image; `side="x1"`:
+    x1 = teacher(x0), each source point with its teacher image. The teacher sees no gradient.
+    Compared by identity (it holds arrays).
+    """
+
+    teacher: Callable
+    params: Any
+    side: str = "x0"
+
+    def __post_init__(self):
+        if self.side not in TEACHER_SIDES:
+            raise ValueError(f"Unknown teacher side {self.side!r}; choose one of {TEACHER_SIDES}.")
+
+    def __call__(self, key, x0, x1, labels=None):
+        _check(x0, x1, labels, False)
+        params = jax.lax.stop_gradient(self.params)
+        if self.side == "x0":
+            return jax.lax.stop_gradient(self.teacher(params, key, x1, labels)).astype(x0.dtype), x1, labels
+        return x0, jax.lax.stop_gradient(self.teacher(params, key, x0, labels)).astype(x1.dtype), labels
+
+
+def nf_coupling(forward: Callable, params: Any, noise: float = 0.0, prior_std: float = 1.0) -> TeacherCoupling:
+    """NFM pairs: x0 = f(x1 + noise eps) / prior_std, with `forward(params, x) -> (z, logdet)` the flow's data-to-latent map."""
+    if not noise >= 0.0 or not prior_std > 0.0:
+        raise ValueError(f"noise must be >= 0 and prior_std > 0, got {noise} and {prior_std}.")
+
+    def teacher(params, key, x1, labels):
+        z, _ = forward(params, x1 + noise * jax.random.normal(key, x1.shape, x1.dtype))
+        return z / prior_std
+
+    return TeacherCoupling(teacher, params, "x0")
+
+
+def reflow_coupling(apply: Callable, params: Any, direction: str = "backward", solver: str = "dopri5",
+                    steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> TeacherCoupling:
+    """Reflow pairs from a trained field `apply(params, t, x, cond)`, its ODE integrated `direction`
+    ("backward": x0 from x1; "forward": x1 from x0) with `solver` at `steps` fixed steps or tolerances."""
+    if direction not in REFLOW_DIRECTIONS:
+        raise ValueError(f"Unknown reflow direction {direction!r}; choose one of {REFLOW_DIRECTIONS}.")
+    ode = {"steps": steps} if steps else {"rtol": rtol, "atol": atol}
+    integrate = solvers.encode if direction == "backward" else solvers.sample
+
+    def teacher(params, key, x, labels):
+        return integrate(solvers.velocity_field(apply, params, cond=labels), x, solver=solver, **ode).x
+
+    return TeacherCoupling(teacher, params, "x0" if direction == "backward" else "x1")

@@ -19,6 +19,21 @@ Classifier-free guidance (Ho & Salimans 2022) trains one network for the conditi
 unconditional field: with `label_dropout=p`, each label is replaced by `null_label` (the
 network's "no class" input) with probability p after the coupling, so the same network also
 learns E[u_t | x_t]. `solvers.velocity_field(..., guidance=w)` combines the two at sampling.
+
+`fast_ode_loss(path, encode, beta)` learns the coupling with the field (Lee, Kim & Ye 2023,
+eq. 9, in this library's time convention, data at t = 1): the source point of x1 is drawn
+from a Gaussian encoder, x0 = mu_phi(x1) + sigma_phi(x1) eps with eps ~ N(0, I), and
+
+    L(theta, phi) = E || v_theta(t, x_t) - u_t ||^2 / d + beta KL(q_phi(. | x1) || N(0, I)) / d,
+
+both terms per dimension, the first through x_t and u_t differentiable in phi. The KL keeps
+the x0 marginal near N(0, I), which sampling starts from; as beta grows q_phi is forced to the
+prior and the loss becomes I-CFM's. `encode(params, x1, cond) -> (mu, log_sigma)` reads the
+same params as the field (`fm_jax.models.CoupledField`).
+
+`flow_nll_loss(noise)` is the maximum-likelihood objective of a normalizing flow (the NFM
+teacher; Berthelot et al. 2026): -log p(x1 + eta eps) per dimension, in nats, with
+`apply(params, x) -> log p(x)`.
 """
 
 from __future__ import annotations
@@ -32,7 +47,8 @@ import jax.numpy as jnp
 from fm_jax.couplings import Coupling, Independent
 from fm_jax.paths import GaussianPath
 
-__all__ = ["LogitNormalTime", "TARGETS", "UniformTime", "cfm_loss"]
+__all__ = ["FastODELoss", "FlowNLLLoss", "LogitNormalTime", "TARGETS", "UniformTime", "cfm_loss", "fast_ode_loss",
+           "flow_nll_loss"]
 
 TARGETS = ("velocity", "x1", "eps")
 DROP_STREAM = 0xC1A55
@@ -79,6 +95,7 @@ class CFMLoss:
         k_x0, k_pair, k_t, k_z = jax.random.split(key, 4)
         x0 = batch["x0"] if "x0" in batch else jax.random.normal(k_x0, x1.shape, x1.dtype)
         x0, x1, labels = self.coupling(k_pair, x0, x1, labels)
+        x0, penalty, metrics = self.source(params, x0, x1, labels)
         if self.label_dropout > 0.0:
             if labels is None:
                 raise ValueError("label_dropout needs labels: put the class labels in batch['label'].")
@@ -96,8 +113,70 @@ class CFMLoss:
         pred = apply(params, t, sample.x_t, labels)
         if pred.shape != target.shape:
             raise ValueError(f"The network returned shape {pred.shape}; the target has shape {target.shape}.")
-        loss = jnp.mean((pred - target) ** 2)
+        mse = jnp.mean((pred - target) ** 2)
+        loss = mse + penalty
+        # The regression term is reported apart where the source adds a penalty (fast-ode's KL).
+        return loss, {"loss": loss} | ({"mse": mse} | metrics if metrics else {})
+
+    def source(self, params, x0, x1, labels) -> tuple[jax.Array, jax.Array, dict]:
+        """(the source points to regress from, a penalty added to the loss, metrics): x0 as coupled here."""
+        return x0, jnp.zeros(()), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FastODELoss(CFMLoss):
+    """`CFMLoss` whose source points come from a Gaussian encoder trained with the field (`fast_ode_loss`)."""
+
+    encode: Callable | None = None
+    beta: float = 1.0
+
+    def source(self, params, eps, x1, labels):
+        mu, log_sigma = self.encode(params, x1, labels)
+        x0 = mu + jnp.exp(log_sigma) * eps
+        dims = tuple(range(1, x1.ndim))
+        kl = 0.5 * jnp.sum(mu**2 + jnp.exp(2.0 * log_sigma) - 1.0 - 2.0 * log_sigma, axis=dims)
+        kl_per_dim = jnp.mean(kl) / (x1.size // x1.shape[0])
+        return x0, self.beta * kl_per_dim, {"kl": kl_per_dim}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowNLLLoss:
+    """-log p(x1 + noise eps) / d of a normalizing flow `apply(params, x) -> log p(x)` (nats per dimension)."""
+
+    noise: float = 0.0
+    coupling: Coupling = Independent()  # the train step's interface; a flow sees the data alone
+
+    def __call__(self, apply: Callable, params: Any, key: jax.Array, batch: dict):
+        x1 = batch["x1"]
+        noisy = x1 + self.noise * jax.random.normal(key, x1.shape, x1.dtype)
+        loss = -jnp.mean(apply(params, noisy)) / (x1.size // x1.shape[0])
         return loss, {"loss": loss}
+
+
+def flow_nll_loss(noise: float = 0.0) -> FlowNLLLoss:
+    """The maximum-likelihood loss of a normalizing flow trained on x1 + noise eps (`noise` >= 0)."""
+    if not noise >= 0.0:
+        raise ValueError(f"The flow's training noise must be >= 0, got {noise}.")
+    return FlowNLLLoss(float(noise))
+
+
+def fast_ode_loss(
+    path: GaussianPath,
+    encode: Callable,
+    beta: float = 1.0,
+    time_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
+) -> FastODELoss:
+    """The curvature-minimizing loss (Lee, Kim & Ye 2023): velocity regression from encoder-drawn x0, plus beta KL / d.
+
+    The batch's "x0" (or a fresh N(0, I) draw) is the encoder's reparameterization noise eps.
+    """
+    if not beta > 0.0:
+        raise ValueError(f"beta must be positive (it keeps q_phi(x0 | x1) near N(0, I)), got {beta}.")
+    base = cfm_loss(path, None, time_sampler, "velocity", label_dropout, null_label)
+    return FastODELoss(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, encode=encode,
+                       beta=float(beta))
 
 
 def cfm_loss(

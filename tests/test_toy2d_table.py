@@ -32,3 +32,16 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
     cell = json.loads(out.read_text())["table"]["digits"]["fm"]
     assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
     assert "| digits | fm |" in out.with_suffix(".md").read_text()
+
+
+def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    out = tmp_path / "distill.json"
+    importlib.import_module("distill_table").main([
+        "--tasks", "normal:moons", "--steps", "50", "--num", "200", "--num-nll", "100", "--etas", "0.1",
+        "--flow-layers", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["table"]["normal:moons"]
+    assert list(rows) == ["icfm", "otcfm", "fastode", "reflow", "flow (eta=0.1)", "nfm (eta=0.1)"]
+    assert rows["flow (eta=0.1)"]["nfe"]["mean"] == 2 and rows["nfm (eta=0.1)"]["w2_euler:1"]["mean"] > 0
+    md = out.with_suffix(".md").read_text()
+    assert "| reflow |" in md and "The NFM student beats its teacher flow" in md

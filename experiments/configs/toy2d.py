@@ -3,7 +3,15 @@
     fm-jax train --config experiments/configs/toy2d.py --workdir workdirs/moons
     fm-jax train --config experiments/configs/toy2d.py --config.method=icfm --config.target=8gaussians --workdir W
 
-Methods: icfm, otcfm, sbcfm, fm, si. Densities: normal, 8gaussians, moons, scurve,
+Methods: icfm, otcfm, sbcfm, fm, si; fastode (a learned encoder coupling, `beta` and the
+`encoder` section); flow (a normalizing-flow teacher, the `flow` section); nfm and reflow
+(couplings from a trained teacher run, the `teacher` section):
+
+    fm-jax train --config experiments/configs/toy2d.py --config.method=flow --workdir workdirs/nf
+    fm-jax train --config experiments/configs/toy2d.py --config.method=nfm --config.teacher.workdir=workdirs/nf \
+        --workdir workdirs/nfm
+
+Densities: normal, 8gaussians, moons, scurve,
 checkerboard, spirals, or file:PATH to your own (N, d) points in a .npy/.npz file:
 
     fm-jax train --config experiments/configs/toy2d.py --config.target=file:points.npy --workdir W
@@ -22,6 +30,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.source = "normal"
     config.target = "moons"
     config.model = ml_collections.ConfigDict({"width": 64, "depth": 3, "activation": "selu"})
+    # fastode (Lee, Kim & Ye 2023): the KL weight and the encoder q(x0 | x1) (an MLP; a U-Net
+    # preset for images), trained with the field.
+    config.beta = 1.0
+    config.encoder = ml_collections.ConfigDict({"width": 64, "depth": 3, "preset": "tiny"})
+    # flow: a normalizing flow (fm_jax.models.flows) trained by maximum likelihood on x1 + noise eps.
+    config.flow = ml_collections.ConfigDict({
+        "kind": "realnvp", "num_layers": 8, "width": 64, "depth": 2, "prior_std": 1.0, "noise": 0.0,
+        "token_dim": 1, "patch": 2, "heads": 4, "layers": 2,
+    })
+    # nfm / reflow: the workdir of the teacher run (a flow run for nfm, a flow-matching run for
+    # reflow) and, for reflow, how its ODE is integrated ("backward": x0 from the data x1,
+    # "forward": x1 from x0); steps = 0 integrates adaptively at rtol / atol.
+    config.teacher = ml_collections.ConfigDict({
+        "workdir": "", "direction": "backward", "solver": "dopri5", "steps": 0, "rtol": 1e-4, "atol": 1e-4,
+    })
     config.optimizer = "adam"
     config.learning_rate = 1e-3
     config.weight_decay = 0.0

@@ -333,14 +333,15 @@ class UNet(nnx.Module):
 
     x: (batch, H, W, C) float; t: scalar or (batch,) in [0, 1]; cond: int labels of shape
     (batch,) (or a scalar) when `num_classes > 0`, None otherwise (None = the null label for a
-    conditional model). Returns the velocity, shaped and typed like x.
+    conditional model). Returns the velocity, shaped and typed like x (with `out_channels` channels where given).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], channels: int = 128,
                  channel_mult: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: tuple[int, ...] = (16,), num_heads: int = 4, num_head_channels: int = 64,
                  dropout: float = 0.0, num_classes: int = 0, resblock_updown: bool = False,
-                 use_scale_shift_norm: bool = True, num_groups: int = 32, *, rngs: nnx.Rngs):
+                 use_scale_shift_norm: bool = True, num_groups: int = 32, out_channels: int | None = None,
+                 *, rngs: nnx.Rngs):
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}.")
@@ -431,7 +432,7 @@ class UNet(nnx.Module):
                 up.append(Stage(block, attn, sampler))
         self.up = nnx.List(up)
         self.norm_out = GroupNorm(ch, num_groups)
-        self.conv_out = Conv(ch, in_ch, rngs, zero=True)
+        self.conv_out = Conv(ch, out_channels or in_ch, rngs, zero=True)  # C, or e.g. 2C for an encoder
 
     def check_labels(self, labels: Any) -> np.ndarray:
         """Host-side: raise ValueError unless `labels` are integers in [0, num_classes]."""

@@ -13,9 +13,10 @@ import numpy as np
 
 from fm_jax import metrics, solvers
 from fm_jax import data
+from fm_jax.train.state import data_shape, model_method
 from fm_jax.train.workdir import Run
 
-__all__ = ["evaluate", "parse_solver", "reference_w2_sq", "solve_kwargs"]
+__all__ = ["evaluate", "evaluate_flow", "flow_passes", "parse_solver", "reference_w2_sq", "solve_kwargs"]
 
 MMD_POINTS = 2000
 
@@ -31,6 +32,32 @@ def parse_solver(spec: str) -> tuple[str, int | None]:
 
 def solve_kwargs(name: str, steps: int | None, rtol: float, atol: float) -> dict:
     return {"solver": name, "steps": steps} if steps else {"solver": name, "rtol": rtol, "atol": atol}
+
+
+def _draws(config, num: int, seed: int):
+    """`num` source points to sample from and `num` fresh target points to compare with."""
+    k_src, k_tgt, _ = jax.random.split(jax.random.key(seed), 3)
+    src, tgt = data.densities(config.source, config.target)
+    return src.sample(k_src, num), np.asarray(tgt.sample(k_tgt, num))
+
+
+def flow_passes(config) -> int:
+    """Sequential network passes of one normalizing-flow sample."""
+    if config.flow.kind == "realnvp":
+        return config.flow.num_layers
+    tokens = data_shape(config)[0] // config.flow.token_dim
+    return config.flow.num_layers * tokens
+
+
+def evaluate_flow(run: Run, num: int, seed: int = 0) -> dict:
+    """W2 and MMD^2 of `num` one-shot samples of a normalizing-flow run, and the passes they take."""
+    _, target = _draws(run.config, num, seed)
+    sample = jax.jit(model_method(run.config, "sample"), static_argnums=2)
+    x1 = np.asarray(sample(run.params, jax.random.fold_in(jax.random.key(seed), 1), num))
+    row = {"w2": metrics.w2(x1, target), "mmd2": float(metrics.mmd2(x1[:MMD_POINTS], target[:MMD_POINTS])),
+           "passes": flow_passes(run.config)}
+    return {"step": run.step, "method": "flow", "source": run.config.source, "target": run.config.target,
+            "num": num, "solvers": {"flow": row}}
 
 
 def reference_w2_sq(source: str, target: str, num: int, seed: int = 0) -> float:
@@ -56,10 +83,7 @@ def evaluate(
     """
     parsed = [parse_solver(spec) for spec in specs]
     config = run.config
-    k_src, k_tgt, _ = jax.random.split(jax.random.key(seed), 3)
-    src, tgt = data.densities(config.source, config.target)
-    source = src.sample(k_src, num)
-    target = np.asarray(tgt.sample(k_tgt, num))
+    source, target = _draws(config, num, seed)
     w2_sq = w2_sq_source_target
     if w2_sq is None:
         w2_sq = reference_w2_sq(config.source, config.target, num, seed)

@@ -29,15 +29,16 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from fm_jax import data
-from fm_jax.couplings import Independent
+from fm_jax.couplings import ExactOT, Independent
 from fm_jax.data import points
 from fm_jax.losses import CFMLoss
 from fm_jax.train import distributed, sharding
 from fm_jax.train.batches import Batches, make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.metrics_log import MetricsLog
-from fm_jax.train.methods import build_loss
-from fm_jax.train.state import TrainState, image_info, init_state, num_classes, uses_dropout
+from fm_jax.train.methods import TEACHER_METHODS, build_loss, check_method
+from fm_jax.train.state import TrainState, image_info, init_state, model_method, num_classes, uses_dropout
+from fm_jax.train.teachers import check_teacher, teacher_coupling
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
@@ -50,7 +51,7 @@ def _check_images(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"Image targets are generated from the 'normal' source; got source {config.source!r}.")
     if "data" not in config:
         raise ValueError("An image target needs a config.data section; start from experiments/configs/images.py.")
-    if config.model.get("kind", "mlp") != "unet":
+    if config.model.get("kind", "mlp") != "unet" and config.method != "flow":
         raise ValueError(f"The target {config.target!r} is an image dataset: use --config.model.kind=unet.")
     info = image_info(config)  # prepared (or prepares an offline dataset), else says how
     if config.data.split not in info.splits:
@@ -59,7 +60,7 @@ def _check_images(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.conditional is set but {info.name} has no class labels: set --config.conditional=false.")
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} does not split over {jax.process_count()} processes.")
-    if jax.process_count() > 1 and build_loss(config.method, config.sigma, ot_solver=config.ot_solver).coupling.on_host:
+    if jax.process_count() > 1 and config.method == "otcfm" and ExactOT(solver=config.ot_solver).on_host:
         raise ValueError(
             "A host OT solver couples the whole batch, which no one process holds when images are read per "
             "process: use --config.ot_solver=hungarian (solved on the devices) or --config.coupling_scope=group."
@@ -78,8 +79,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         _check_images(config)
     else:
         data.densities(config.source, config.target)  # names, point files (shape, NaN) and dimensions
-    build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver,
-               label_dropout=config.get("label_dropout", 0.0), null_label=0)
+    check_method(config.method, config.source)
+    if config.method in ("fastode", "flow", *TEACHER_METHODS):
+        _check_learned_coupling(config)
+    else:
+        build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver,
+                   label_dropout=config.get("label_dropout", 0.0), null_label=0)
     if config.optimizer not in ("adam", "adamw"):
         raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose 'adam' or 'adamw'.")
     for field in ("num_steps", "batch_size", "steps_per_call", "log_every"):
@@ -123,6 +128,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_learned_coupling(config: ml_collections.ConfigDict) -> None:
+    """fastode's beta, a flow's settings and precision, a teacher run that fits."""
+    if config.method == "fastode" and not config.beta > 0:
+        raise ValueError(f"config.beta must be positive (the weight of fastode's KL term), got {config.beta}.")
+    if config.method == "flow":
+        if config.precision != "float32":
+            raise ValueError("A normalizing flow trains in float32 (its log-determinant): set --config.precision=float32.")
+        if config.get("conditional", False):
+            raise ValueError("The normalizing flows here are unconditional: set --config.conditional=false.")
+        if not config.flow.noise >= 0:
+            raise ValueError(f"config.flow.noise must be >= 0, got {config.flow.noise}.")
+        model_method(config, "forward")  # builds the flow abstractly: its fields, tokens and patches are checked
+    check_teacher(config)
+    if not 0.0 <= config.get("label_dropout", 0.0) < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1) (0 turns it off), got {config.label_dropout}.")
+
+
 def coupling_group(config: ml_collections.ConfigDict, devices: int) -> int:
     """Examples per coupling group: `config.coupling_group`, or the per-device batch when 0."""
     return config.coupling_group or config.batch_size // devices
@@ -161,8 +183,13 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
     state_sharding = sharding.state_shardings(state, mesh, config.mesh.param_layout)
     state = sharding.place(state, state_sharding)
     dropout, null_label = _label_dropout(config)
-    loss = build_loss(config.method, config.sigma, config.source, ot_solver=config.ot_solver,
-                      label_dropout=dropout, null_label=null_label)
+    loss = build_loss(
+        config.method, config.sigma, config.source, ot_solver=config.ot_solver, label_dropout=dropout,
+        null_label=null_label, beta=config.get("beta", 1.0),
+        encode=model_method(config, "encode") if config.method == "fastode" else None,
+        teacher=teacher_coupling(config) if config.method in TEACHER_METHODS else None,
+        flow_noise=config.flow.noise if config.method == "flow" else 0.0,
+    )
     group = coupling_group(config, mesh.devices.size)
     # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
     batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size,

@@ -2,7 +2,10 @@
 
 The network is `config.model.kind`: "mlp" (the default; `fm_jax.models.MLP` in the
 dimension of the densities) or "unet" (`fm_jax.models.unet_preset(config.model.preset)` on
-the image shape of a `tfds:NAME` target, class-conditional when `config.conditional`).
+the image shape of a `tfds:NAME` target, class-conditional when `config.conditional`). The
+"fastode" method pairs it with its encoder (`fm_jax.models.CoupledField`: an MLP
+`GaussianEncoder`, or an `ImageEncoder` of preset `config.encoder.preset`); the "flow"
+method trains a normalizing flow (`fm_jax.models.Flow` of `config.flow`) instead.
 The optimizer is Adam or AdamW with an optional linear warmup (`config.warmup_steps`), an
 optional linear decay to 0 at `num_steps` (`config.lr_decay = "polynomial"`, the Flow
 Matching paper's CIFAR-10 schedule) and gradient clipping by global norm (`config.grad_clip`).
@@ -23,10 +26,12 @@ import optax
 from flax import nnx
 
 from fm_jax import data
-from fm_jax.models import MLP, functional, unet
+from fm_jax.models import MLP, CoupledField, GaussianEncoder, functional, unet
+from fm_jax.models.encoders import ImageEncoder
+from fm_jax.models.flows import flow_from_config
 
-__all__ = ["MODELS", "TrainState", "build_model", "build_optimizer", "checkpoint_tree", "image_info", "init_state", "num_classes",
-           "unet_kwargs", "uses_dropout"]
+__all__ = ["MODELS", "TrainState", "build_model", "build_module", "build_optimizer", "checkpoint_tree", "data_shape",
+           "image_info", "init_state", "model_method", "num_classes", "unet_kwargs", "uses_dropout"]
 
 
 class TrainState(NamedTuple):
@@ -63,25 +68,57 @@ def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 def uses_dropout(config: ml_collections.ConfigDict) -> bool:
     """Whether the network trains with dropout (a U-Net with dropout > 0): the step then passes it a key."""
-    return config.model.get("kind", "mlp") == "unet" and unet_kwargs(config)["dropout"] > 0
+    return config.method != "flow" and config.model.get("kind", "mlp") == "unet" and unet_kwargs(config)["dropout"] > 0
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int = 0):
-    """(apply, params) of the config's network: an MLP in the densities' dimension, or a U-Net on the images' shape."""
+def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The shape of one example: (H, W, C) of an image dataset, (d,) of the densities."""
+    if data.is_image_spec(config.target):
+        return tuple(image_info(config).shape)
+    return (data.densities(config.source, config.target)[0].dim,)
+
+
+def flow_settings(config: ml_collections.ConfigDict) -> dict:
+    """`Flow` keyword arguments of `config.flow` (its training noise is the loss's)."""
+    return {k: v for k, v in config.flow.to_dict().items() if k != "noise"}
+
+
+def build_module(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
+    """The NNX module of a config: the velocity network (with its encoder for fastode), or a flow."""
     kind = config.model.get("kind", "mlp")
     if kind not in MODELS:
         raise ValueError(f"Unknown config.model.kind {kind!r}; choose one of {MODELS}.")
+    image = data.is_image_spec(config.target)
+    shape = data_shape(config)
+    if config.method == "flow":
+        return flow_from_config(shape, flow_settings(config), seed)
+    rngs = nnx.Rngs(seed)
     if kind == "unet":
-        if not data.is_image_spec(config.target):
+        if not image:
             raise ValueError(f"The U-Net is for image targets (tfds:NAME); the target is {config.target!r}: use model.kind=mlp.")
-        model = unet.UNet(image_info(config).shape, num_classes=num_classes(config), **unet_kwargs(config),
-                          rngs=nnx.Rngs(seed))
-        return functional(model)
-    if data.is_image_spec(config.target):
+        field = unet.UNet(shape, num_classes=num_classes(config), **unet_kwargs(config), rngs=rngs)
+    elif image:
         raise ValueError(f"The target {config.target!r} is an image dataset: use --config.model.kind=unet.")
-    dim = data.densities(config.source, config.target)[0].dim
-    model = MLP(dim, config.model.width, config.model.depth, config.model.activation, rngs=nnx.Rngs(seed))
-    return functional(model)
+    else:
+        field = MLP(shape[0], config.model.width, config.model.depth, config.model.activation, rngs=rngs)
+    if config.method != "fastode":
+        return field
+    if kind == "unet":
+        encoder = ImageEncoder(shape, config.encoder.preset, num_classes(config), rngs=rngs)
+    else:
+        encoder = GaussianEncoder(shape[0], config.encoder.width, config.encoder.depth, config.model.activation, rngs=rngs)
+    return CoupledField(field, encoder)
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int = 0):
+    """(apply, params) of the config's module: the velocity field `apply(params, t, x, cond)`, or a flow's `log_prob(params, x)`."""
+    return functional(build_module(config, seed), "log_prob" if config.method == "flow" else None)
+
+
+def model_method(config: ml_collections.ConfigDict, name: str):
+    """`fn(params, ...)`: method `name` of the config's module (an encoder's "encode", a flow's "forward" or
+    "sample"), reading the params of `build_model` (no weights are built)."""
+    return functional(nnx.eval_shape(lambda: build_module(config)), name)[0]
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

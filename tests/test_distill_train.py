@@ -1,0 +1,86 @@
+"""The teacher flow, fast-ode, NFM and reflow through `fm-jax train`, `eval` and `nll`, and their bad input."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from fm_jax import cli
+from fm_jax.train import load_run
+
+CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+SHORT = ["--config.num_steps=400", "--config.steps_per_call=100", "--config.log_every=400", "--config.batch_size=128",
+         "--config.learning_rate=3e-3", "--config.target=8gaussians"]
+
+
+def train(workdir, *extra):
+    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), *SHORT, *extra])
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A RealNVP teacher and a fast-ode run on 8 Gaussians, trained once for the tests below."""
+    root = tmp_path_factory.mktemp("teachers")
+    train(root / "flow", "--config.method=flow", "--config.flow.num_layers=6", "--config.flow.noise=0.05")
+    train(root / "fastode", "--config.method=fastode", "--config.beta=0.5")
+    return root
+
+
+def test_flow_run_samples_evaluates_and_has_an_exact_likelihood(teachers, capsys):
+    cli.main(["eval", "--workdir", str(teachers / "flow"), "--num", "2000"])
+    result = json.loads((teachers / "flow" / "eval.json").read_text())
+    row = result["solvers"]["flow"]
+    assert row["passes"] == 6 and row["w2"] < 2.0  # 8 modes at radius 5: W2 of a blob at 0 is ~5
+    cli.main(["nll", "--workdir", str(teachers / "flow"), "--num", "1000"])
+    report = json.loads((teachers / "flow" / "nll.json").read_text())
+    assert report["nfe_mean"] == 0 and 0.0 < report["kl"] < 1.5
+    cli.main(["sample", "--workdir", str(teachers / "flow"), "--num", "500"])
+    assert (teachers / "flow" / "samples_flow.png").is_file()
+
+
+def test_fast_ode_run_keeps_its_encoder_and_straightens(teachers):
+    run = load_run(teachers / "fastode")
+    assert set(run.params) == {"field", "encoder"}
+    # The encoder moved away from the prior (its output layer starts at zero).
+    assert float(np.abs(np.asarray(run.params["encoder"]["out"]["kernel"][...])).max()) > 1e-3
+    cli.main(["eval", "--workdir", str(teachers / "fastode"), "--solvers", "euler:2", "--num", "1000"])
+    row = json.loads((teachers / "fastode" / "eval.json").read_text())["solvers"]["euler:2"]
+    assert row["nfe"] == 2 and row["w2"] < 3.0
+
+
+@pytest.mark.parametrize("method, teacher, extra", [
+    ("nfm", "flow", []),
+    ("reflow", "fastode", ["--config.teacher.solver=euler", "--config.teacher.steps=8"]),
+    ("reflow", "fastode", ["--config.teacher.direction=forward", "--config.teacher.solver=euler",
+                           "--config.teacher.steps=8"]),
+])
+def test_distilled_runs_train_from_their_teacher(teachers, tmp_path, method, teacher, extra):
+    train(tmp_path / "run", f"--config.method={method}", f"--config.teacher.workdir={teachers / teacher}", *extra)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(lines[-1]["loss"])
+    run = load_run(tmp_path / "run")
+    cli.main(["eval", "--workdir", str(tmp_path / "run"), "--solvers", "euler:4", "--num", "1000"])
+    row = json.loads((tmp_path / "run" / "eval.json").read_text())["solvers"]["euler:4"]
+    assert row["w2"] < 3.0 and run.step == 400
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config.method=nfm"], "set --config.teacher.workdir"),
+    (["--config.method=nfm", "--config.teacher.workdir={root}/fastode"], "nfm needs a normalizing-flow teacher"),
+    (["--config.method=reflow", "--config.teacher.workdir={root}/flow"], "reflow needs a flow-matching teacher"),
+    (["--config.method=nfm", "--config.teacher.workdir={root}/flow", "--config.target=moons"], "trained on '8gaussians'"),
+    (["--config.method=reflow", "--config.teacher.workdir={root}/nothing"], "holds no trained run"),
+    (["--config.method=reflow", "--config.teacher.workdir={root}/fastode", "--config.teacher.direction=up"],
+     "Unknown config.teacher.direction"),
+    (["--config.method=flow", "--config.precision=bfloat16"], "trains in float32"),
+    (["--config.method=flow", "--config.flow.kind=glow"], "Unknown flow 'glow'"),
+    (["--config.method=flow", "--config.flow.kind=tarflow", "--config.flow.token_dim=3"], "do not split dimension 2"),
+    (["--config.method=fastode", "--config.beta=0"], "config.beta must be positive"),
+])
+def test_bad_teacher_and_flow_settings_fail_before_anything_is_written(teachers, tmp_path, extra, message):
+    extra = [e.replace("{root}", str(teachers)) for e in extra]
+    with pytest.raises(SystemExit, match=message):
+        train(tmp_path / "run", *extra)
+    assert not (tmp_path / "run").exists()
