@@ -227,13 +227,9 @@ def sample(args: argparse.Namespace) -> None:
 
 
 def is_flow_run(run) -> bool:
-    """A normalizing-flow run (method "flow"): it samples in one shot and has an exact likelihood."""
-    if run.config.method != "flow":
-        return False
-    if is_image_run(run):
-        raise SystemExit("Sampling and evaluating a normalizing flow on images is not in the CLI yet; use "
-                         "fm_jax.train.state.model_method(run.config, 'sample') from Python.")
-    return True
+    """A normalizing flow on densities (method "flow"): it samples in one shot and has an exact likelihood.
+    (Image flows go through the image commands, which handle flows.)"""
+    return run.config.method == "flow" and not is_image_run(run)
 
 
 def _sample_flow(args: argparse.Namespace, run) -> None:
@@ -339,7 +335,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     run = _load(args.workdir)
-    if not is_flow_run(run) and is_image_run(run):
+    if is_image_run(run):
         return _evaluate_images(args, run)
     if args.guidance is not None:
         raise SystemExit("--guidance is for class-conditional image runs.")
@@ -377,7 +373,7 @@ def nll(args: argparse.Namespace) -> dict:
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
     run = _load(args.workdir)
-    if not is_flow_run(run) and is_image_run(run):
+    if is_image_run(run):
         return _image_nll(args, run)
     try:
         report = held_out_nll(run, args.num, args.divergence, args.solver, args.rtol, args.atol, args.num_probes,

@@ -132,3 +132,24 @@ def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, cap
         build_engine(image_config(data_dir, **{"model.preset": "huge"}))
     with pytest.raises(ValueError, match="image dataset"):
         check_config(image_config(data_dir, **{"model.kind": "mlp"}, source="tfds:digits", target="moons"))
+
+
+@pytest.mark.parametrize("fields, nfe", [
+    ({"method": "flow", "flow.kind": "tarflow", "flow.num_layers": 2, "flow.width": 16, "flow.heads": 2,
+      "flow.layers": 1, "flow.patch": 4, "flow.noise": 0.05}, 2 * 4),
+    ({"method": "fastode", "encoder.preset": "tiny"}, 2),
+], ids=["tarflow", "fastode"])
+def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, fields, nfe):
+    """A TarFlow on 4x4 patches of the digits, and fast-ode with a U-Net encoder, through train / eval / nll."""
+    workdir = tmp_path / "run"
+    train(image_config(data_dir, num_steps=4, log_every=2, checkpoint_every=4, **fields), workdir, progress=False)
+    run = load_run(workdir)
+    if fields["method"] == "fastode":  # the encoder trained with the field; sampling is any image run's
+        assert set(run.params) == {"field", "encoder"}
+        assert float(np.abs(np.asarray(run.params["encoder"]["net"]["conv_out"]["kernel"][...])).max()) > 0
+        return
+    cli.main(["eval", "--workdir", str(workdir), "--solvers", "euler:2", "--num", "16"])
+    row = json.loads((workdir / "eval.json").read_text())["solvers"]["euler:2"]
+    assert row["nfe"] == nfe and row["fd_pixel"] > 0
+    cli.main(["nll", "--workdir", str(workdir), "--num", "8", "--solver", "euler:2", "--divergence", "hutchinson"])
+    assert json.loads((workdir / "nll.json").read_text())["bits_per_dim"] > 0

@@ -45,7 +45,11 @@ def flow_passes(config) -> int:
     """Sequential network passes of one normalizing-flow sample."""
     if config.flow.kind == "realnvp":
         return config.flow.num_layers
-    tokens = data_shape(config)[0] // config.flow.token_dim
+    shape = data_shape(config)
+    if len(shape) == 3:  # image patches
+        tokens = (shape[0] // config.flow.patch) * (shape[1] // config.flow.patch)
+    else:
+        tokens = shape[0] // config.flow.token_dim
     return config.flow.num_layers * tokens
 
 

@@ -10,6 +10,9 @@
 - `image_nll`: dequantized bits/dim of the held-out images (`likelihood.dequantized_bits_per_dim`,
   uniform noise on each of the 256 levels, data in [-1, 1]): log p(x | label) for conditional runs.
 
+A normalizing-flow run ("flow") samples in one shot (its NFE is its sequential network passes;
+path energy and curvature are undefined, NaN) and its bits/dim use its exact log-likelihood.
+
 Held-out images are the first `num` of `config.data.eval_split`; the noise comes from keys
 that training never uses.
 """
@@ -97,6 +100,8 @@ def sample_images(
     kwargs = solve_kwargs(name, steps, rtol, atol)
     shape = image_info(run.config).shape
     size = min(batch_size, num)
+    if run.config.method == "flow":
+        return _sample_flow(run, num, size, seed)
 
     @jax.jit
     def solve(x0, cond):
@@ -116,6 +121,19 @@ def sample_images(
         curvature.append(float(m.curvature) * n)
     return {"x0": x0, "x1": np.concatenate(out), "nfe": float(np.mean(nfe)),
             "path_energy": sum(energy) / num, "curvature": sum(curvature) / num, "labels": labels}
+
+
+def _sample_flow(run: Run, num: int, size: int, seed: int) -> dict:
+    """`sample_images` of a normalizing-flow run: x1 = f^{-1}(sigma_f eps) in chunks of `size`."""
+    from fm_jax.train.evaluate import flow_passes
+    from fm_jax.train.state import model_method
+
+    sample = jax.jit(model_method(run.config, "sample"), static_argnums=2)
+    key = jax.random.fold_in(jax.random.key(seed), HELD_OUT)
+    x1 = np.concatenate([np.asarray(sample(run.params, jax.random.fold_in(key, i), size))
+                         for i, _ in enumerate(_chunks(num, size))])[:num]
+    return {"x0": None, "x1": x1, "nfe": float(flow_passes(run.config)), "path_energy": float("nan"),
+            "curvature": float("nan"), "labels": None}
 
 
 def evaluate_images(
@@ -184,6 +202,8 @@ def image_nll(
         vf = solvers.velocity_field(run.apply, run.params, cond=cond)
 
         def log_prob(z):
+            if run.config.method == "flow":  # exact
+                return run.apply(run.params, z)
             return likelihood.log_likelihood(vf, z, divergence=divergence, key=k_probe, num_probes=num_probes,
                                              probe=probe, **kwargs).log_prob
 
