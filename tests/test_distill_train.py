@@ -55,6 +55,7 @@ def test_fast_ode_run_keeps_its_encoder_and_straightens(teachers):
     ("reflow", "fastode", ["--config.teacher.solver=euler", "--config.teacher.steps=8"]),
     ("reflow", "fastode", ["--config.teacher.direction=forward", "--config.teacher.solver=euler",
                            "--config.teacher.steps=8"]),
+    ("reflow", "fastode", ["--config.teacher.solver=euler", "--config.teacher.steps=8", "--config.teacher.precompute=1000"]),
 ])
 def test_distilled_runs_train_from_their_teacher(teachers, tmp_path, method, teacher, extra):
     train(tmp_path / "run", f"--config.method={method}", f"--config.teacher.workdir={teachers / teacher}", *extra)
@@ -74,6 +75,8 @@ def test_distilled_runs_train_from_their_teacher(teachers, tmp_path, method, tea
     (["--config.method=reflow", "--config.teacher.workdir={root}/nothing"], "holds no trained run"),
     (["--config.method=reflow", "--config.teacher.workdir={root}/fastode", "--config.teacher.direction=up"],
      "Unknown config.teacher.direction"),
+    (["--config.method=reflow", "--config.teacher.workdir={root}/fastode", "--config.teacher.precompute=-1"],
+     "precompute must be >= 0"),
     (["--config.method=flow", "--config.precision=bfloat16"], "trains in float32"),
     (["--config.method=flow", "--config.flow.kind=glow"], "Unknown flow 'glow'"),
     (["--config.method=flow", "--config.flow.kind=tarflow", "--config.flow.token_dim=3"], "do not split dimension 2"),
@@ -84,3 +87,24 @@ def test_bad_teacher_and_flow_settings_fail_before_anything_is_written(teachers,
     with pytest.raises(SystemExit, match=message):
         train(tmp_path / "run", *extra)
     assert not (tmp_path / "run").exists()
+
+
+def test_precomputed_pairs_are_the_teacher_map_and_feed_the_batches(teachers):
+    from fm_jax.train import apply_overrides, load_config
+    from fm_jax.train.batches import PairBatches
+    from fm_jax.train.sharding import make_mesh
+    from fm_jax.train.teachers import precompute_pairs, teacher_coupling
+
+    config = apply_overrides(load_config(CONFIG), {
+        "method": "reflow", "target": "8gaussians", "batch_size": "64", "steps_per_call": "2",
+        "teacher.workdir": str(teachers / "fastode"), "teacher.solver": "euler", "teacher.steps": "8"})
+    coupling = teacher_coupling(config)
+    pairs = precompute_pairs(config, coupling, 100)
+    assert pairs["x0"].shape == pairs["x1"].shape == (100, 2)
+    # Each pair is the teacher's map of its data point (chunks of the batch size, same draws).
+    again = coupling(jax.random.key(0), pairs["x0"][:64], pairs["x1"][:64])[0]
+    np.testing.assert_allclose(again, pairs["x0"][:64], atol=1e-5)
+    batches = PairBatches(config, make_mesh(0), coupling, 64, pairs)(jax.random.key(1), 0)
+    assert batches["x0"].shape == (2, 64, 2)
+    rows = {tuple(np.round(r, 5)) for r in pairs["x0"]}
+    assert all(tuple(np.round(r, 5)) in rows for r in np.asarray(batches["x0"]).reshape(-1, 2))

@@ -41,9 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     })
     # nfm / reflow: the workdir of the teacher run (a flow run for nfm, a flow-matching run for
     # reflow) and, for reflow, how its ODE is integrated ("backward": x0 from the data x1,
-    # "forward": x1 from x0); steps = 0 integrates adaptively at rtol / atol.
+    # "forward": x1 from x0); steps = 0 integrates adaptively at rtol / atol. precompute = N maps
+    # N pairs once before training and draws the batches from them (0: every batch in the step).
     config.teacher = ml_collections.ConfigDict({
         "workdir": "", "direction": "backward", "solver": "dopri5", "steps": 0, "rtol": 1e-4, "atol": 1e-4,
+        "precompute": 0,
     })
     config.optimizer = "adam"
     config.learning_rate = 1e-3

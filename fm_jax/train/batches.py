@@ -7,6 +7,8 @@ gives the `steps_per_call` batches {"x0", "x1"[, "label"]} of shape (steps_per_c
 `batches.position(step)` is the data position to checkpoint with the state at `step`, and
 `batches.restore(position, step)` resumes there.
 
+- Precomputed pairs (a teacher's, `config.teacher.precompute`): step s draws `batch` indices
+  into them with replacement from the same key as the densities; the position is the step.
 - Densities (`fm_jax.data`): step s draws from `fold_in(fold_in(key, DATA_STREAM), s)` on the
   devices, so a batch does not depend on the device count, and the position is the step.
 - Image datasets (`tfds:NAME`): each process reads its shard of the examples with grain
@@ -36,9 +38,9 @@ from jax.sharding import Mesh
 
 from fm_jax import data
 from fm_jax.couplings import Coupling
-from fm_jax.train.sharding import batch_sharding
+from fm_jax.train.sharding import batch_sharding, replicated
 
-__all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "make_batches"]
+__all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "PairBatches", "make_batches"]
 
 DATA_STREAM = 0x5EED
 
@@ -116,6 +118,32 @@ class DensityBatches(Batches):
             raise ValueError(f"The checkpoint of step {step} holds the data position {position}; it is damaged.")
 
 
+class PairBatches(Batches):
+    """Batches drawn on the devices, with replacement, from a fixed set of (x0, x1) pairs (a
+    teacher's pairs computed once before training, `fm_jax.train.teachers.precompute_pairs`)."""
+
+    def __init__(self, config, mesh, coupling, group, pairs: dict):
+        super().__init__(config, mesh, coupling, group)
+        pairs = jax.device_put(pairs, replicated(mesh))  # every process computed the same pairs
+        count, n, calls = pairs["x1"].shape[0], self.n, self.calls
+
+        def one(key, step):
+            index = jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step), (n,), 0, count)
+            return {name: value[index] for name, value in pairs.items()}
+
+        self._sample = jax.jit(lambda key, first: jax.vmap(one, in_axes=(None, 0))(key, first + jnp.arange(calls)),
+                               out_shardings=self.sharding)
+
+    def __call__(self, key: jax.Array, first_step: int) -> dict:
+        return self._sample(key, first_step)
+
+    def position(self, step: int) -> dict:
+        return {"step": int(step)}
+
+    def restore(self, position: dict, step: int) -> None:
+        DensityBatches.restore(self, position, step)
+
+
 class ImageBatches(Batches):
     """Batches of an image dataset read with grain on each process; x1 and x0 made on the devices."""
 
@@ -186,10 +214,14 @@ class ImageBatches(Batches):
 
 
 def make_batches(
-    config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int, labels: bool = False
+    config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int, labels: bool = False,
+    pairs: dict | None = None,
 ) -> Batches:
     """The batch source of a config; `group` examples per coupling set for a host coupling;
-    `labels`: whether image batches carry the class labels (class-conditional training)."""
+    `labels`: whether image batches carry the class labels (class-conditional training);
+    `pairs`: precomputed {"x0", "x1"} to draw the batches from instead of the densities."""
+    if pairs is not None:
+        return PairBatches(config, mesh, coupling, group, pairs)
     if data.is_image_spec(config.target):
         return ImageBatches(config, mesh, coupling, group, labels)
     return DensityBatches(config, mesh, coupling, group)

@@ -38,7 +38,7 @@ from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.metrics_log import MetricsLog
 from fm_jax.train.methods import TEACHER_METHODS, build_loss, check_method
 from fm_jax.train.state import TrainState, image_info, init_state, model_method, num_classes, uses_dropout
-from fm_jax.train.teachers import check_teacher, teacher_coupling
+from fm_jax.train.teachers import check_teacher, precompute_pairs, teacher_coupling
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
@@ -191,9 +191,13 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
         flow_noise=config.flow.noise if config.method == "flow" else 0.0,
     )
     group = coupling_group(config, mesh.devices.size)
+    pairs = None
+    if config.method in TEACHER_METHODS and config.teacher.get("precompute", 0):
+        pairs = precompute_pairs(config, loss.coupling, config.teacher.precompute)
+        loss = dataclasses.replace(loss, coupling=Independent())  # the batches arrive paired
     # A host coupling pairs the batches before they reach the step (fm_jax.train.batches).
     batches = make_batches(config, mesh, loss.coupling, group if config.coupling_scope == "group" else config.batch_size,
-                           labels=null_label is not None)
+                           labels=null_label is not None, pairs=pairs)
     loss = dataclasses.replace(loss, coupling=Independent()) if loss.coupling.on_host else loss
     steps = make_train_step(
         loss,
