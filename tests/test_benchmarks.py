@@ -74,3 +74,16 @@ def test_unet_bench_times_the_loss_beside_the_bare_step_in_both_precisions(tmp_p
     for row in result["precisions"].values():
         assert row["loss_step_s"] > 0 and row["bare_step_s"] > 0 and row["loss_gflop"] > 0
         assert row["loss_over_bare_time"] == row["loss_step_s"] / row["bare_step_s"]
+
+
+def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "sampling.json"
+    importlib.import_module("sampling").main(["--steps", "3", "--seconds", "0.01", "--train-steps", "100",
+                                              "--out", str(out)])
+    result = json.loads(out.read_text())
+    # Diffrax's Euler and the hand-written loop compute the same steps (up to the rounding of t).
+    assert all(r["max_abs_difference"] < 1e-5 for r in result["euler"]) and len(result["euler"]) == 2
+    dopri5 = [r["nfe"] for r in result["tolerance"] if r["solver"] == "dopri5"]
+    assert dopri5 == sorted(dopri5) and dopri5[0] < dopri5[-1]  # tighter tolerances cost more NFE
+    assert "| mlp_784 | 1,000 | 3 |" in out.with_suffix(".md").read_text()
