@@ -10,7 +10,8 @@ BENCH = pathlib.Path(__file__).parent.parent / "experiments" / "bench"
 def test_train_speed_writes_every_variant_and_ratio(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     out = tmp_path / "speed.json"
-    importlib.import_module("train_speed").main(["--seconds", "0.01", "--steps-per-call", "2", "--out", str(out)])
+    importlib.import_module("train_speed").main(["--seconds", "0.01", "--steps-per-call", "2", "--dims", "2", "16",
+                                                 "--wide-width", "32", "--out", str(out)])
     result = json.loads(out.read_text())
     assert set(result["steps_per_s"]) == {"bare", "bare_drawn", "icfm", "icfm_driver", "otcfm_network_simplex",
                                           "otcfm_hungarian", "assignment_network_simplex"}
@@ -19,6 +20,10 @@ def test_train_speed_writes_every_variant_and_ratio(tmp_path, monkeypatch):
     # Each ratio is the quotient of two measured rates, and OT-CFM's bound is 1 + (its share of the assignment).
     assert ratios["icfm_over_bare_time"] == result["steps_per_s"]["bare"] / result["steps_per_s"]["icfm"]
     assert ratios["otcfm_bound_from_assignment_over_icfm_time"] > 1.0
+    models = result["models"]
+    assert [(m["dim"], m["width"], m["precision"]) for m in models] == [
+        (2, 64, "float32"), (2, 64, "bfloat16"), (16, 32, "float32"), (16, 32, "bfloat16")]
+    assert all(m["icfm_over_bare_time"] == m["steps_per_s"]["bare"] / m["steps_per_s"]["icfm"] for m in models)
 
 
 def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkeypatch):

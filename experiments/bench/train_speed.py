@@ -13,6 +13,11 @@ MLP (3 x 64 SELU) and Adam:
   with both exact solvers.
 - "assignment_network_simplex": the exact 256-point assignment alone, calls/s.
 
+Then, for an MLP on `--dims` dimensions (3 x 64 at 2, 3 x `--wide-width` above) in each of
+`--precisions` (bf16 compute with f32 parameters, as the engine's `mixed_precision`): the
+I-CFM loss on a fixed data batch beside the bare regression of the same network, and their
+ratio ("models" in the JSON).
+
 Ratios are measured in this one run: the loss's arithmetic (icfm / bare_drawn), its draws
 (bare_drawn / bare), and OT-CFM over I-CFM beside the bound that the assignment's own time
 sets, (1 / icfm + 1 / assignment) * icfm.
@@ -34,7 +39,9 @@ import optax
 from fm_jax import couplings
 from fm_jax.data import toy2d
 from fm_jax.train import build_loss, load_config
+from fm_jax.models import MLP, functional
 from fm_jax.train.state import build_model
+from fm_jax.train.step import mixed_precision
 
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
 
@@ -81,11 +88,41 @@ def assignments_per_second(x0, x1, calls: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
+def loss_over_bare(dim: int, width: int, precision: str, n: int, steps_per_call: int, seconds: float) -> dict:
+    """Steps/s of the bare regression and of the I-CFM loss for one MLP and precision."""
+    from flax import nnx
+
+    apply, params = functional(MLP(dim, width, 3, rngs=nnx.Rngs(0)))
+    apply = mixed_precision(apply, precision)
+    key = jax.random.key(0)
+    t = jax.random.uniform(key, (n,))
+    x = jax.random.normal(jax.random.fold_in(key, 1), (n, dim))
+    y = jnp.tanh(jax.random.normal(jax.random.fold_in(key, 2), (n, dim)))
+    loss = build_loss("icfm", 0.1)
+
+    def bare(params, i):
+        return jax.grad(lambda p: jnp.mean((apply(p, t, x, None) - y) ** 2))(params)
+
+    def icfm(params, i):
+        return jax.grad(lambda p: loss(apply, p, jax.random.fold_in(key, i), {"x1": y})[0])(params)
+
+    rates = {name: steps_per_second(fn, params, steps_per_call, seconds) for name, fn in
+             (("bare", bare), ("icfm", icfm))}
+    row = {"dim": dim, "width": width, "precision": precision, "steps_per_s": rates,
+           "icfm_over_bare_time": rates["bare"] / rates["icfm"]}
+    print(f"MLP {dim}-d x {width} {precision:<9} bare {rates['bare']:9.1f}  icfm {rates['icfm']:9.1f} steps/s  "
+          f"ratio {row['icfm_over_bare_time']:.3f}x", flush=True)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps-per-call", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 784])
+    parser.add_argument("--wide-width", type=int, default=512)
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--out", default="results/train_speed.json")
     args = parser.parse_args(argv)
 
@@ -138,11 +175,13 @@ def main(argv=None):
     }
     for name, value in ratios.items():
         print(f"{name:<44} {value:.2f}x")
+    models = [loss_over_bare(dim, 64 if dim == 2 else args.wide_width, precision, n, args.steps_per_call, args.seconds)
+              for dim in args.dims for precision in args.precisions]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "batch": n, "steps_per_call": args.steps_per_call,
-                   "steps_per_s": rates, "ratios": ratios}, f, indent=1)
+                   "steps_per_s": rates, "ratios": ratios, "models": models}, f, indent=1)
     print(f"wrote {args.out}")
 
 
