@@ -108,10 +108,12 @@ def claims(table: dict) -> list[str]:
     out = [
         "- Learned and distilled couplings straighten trajectories (curvature below I-CFM's, every one): " + holds(
             lambda rows: all(mean(rows, n, "curvature") < mean(rows, "icfm", "curvature") for n in learned(rows))),
-        "- They win at few NFE (W2 at Euler NFE 1 and 2 below both I-CFM's and OT-CFM's, every one): " + holds(
-            lambda rows: all(mean(rows, n, f"w2_euler:{k}") < min(mean(rows, "icfm", f"w2_euler:{k}"),
-                                                                  mean(rows, "otcfm", f"w2_euler:{k}"))
-                             for n in learned(rows) for k in (1, 2))),
+        "- They win at few NFE against independent pairs (W2 at Euler NFE 1 and 2 below I-CFM's, every one): "
+        + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "icfm", f"w2_euler:{k}")
+                                 for n in learned(rows) for k in (1, 2))),
+        "- ... and against minibatch OT pairs (W2 at Euler NFE 1 and 2 below OT-CFM's, every one): "
+        + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "otcfm", f"w2_euler:{k}")
+                                 for n in learned(rows) for k in (1, 2))),
         "- The NFM student beats its teacher flow (W2 with Dopri5 below the flow's, every eta): " + holds(
             lambda rows: all(mean(rows, n, "w2_dopri5") < mean(rows, n.replace("nfm", "flow"), "w2_dopri5")
                              for n in rows if n.startswith("nfm"))),
@@ -153,7 +155,15 @@ def main(argv=None):
     parser.add_argument("--num", type=int, default=5000, help="samples for W2")
     parser.add_argument("--num-nll", type=int, default=2000, help="held-out points for the KL")
     parser.add_argument("--out", default="results/distill.json")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md of an existing --out JSON")
     args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    if args.markdown_only:
+        saved = json.loads(out.read_text())
+        text = markdown(saved["table"], saved["machine"], argparse.Namespace(**saved["args"]))
+        out.with_suffix(".md").write_text(text)
+        print(text)
+        return saved["table"]
     by_seed = {task: [run_task_seed(task, seed, args) for seed in range(args.seeds)] for task in args.tasks}
     table = {
         task: {name: {k: {"mean": float(np.mean([c[name][k] for c in cells])),
@@ -162,7 +172,6 @@ def main(argv=None):
         for task, cells in by_seed.items()
     }
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "args": vars(args), "table": table}, indent=1))
     text = markdown(table, machine, args)
