@@ -254,8 +254,6 @@ def is_image_run(run) -> bool:
 
 
 def _sample_images(args: argparse.Namespace, run) -> None:
-    from PIL import Image
-
     from fm_jax.data import images
     from fm_jax.train.image_eval import sample_images
     from fm_jax.train.state import num_classes
@@ -282,13 +280,10 @@ def _sample_images(args: argparse.Namespace, run) -> None:
     if args.guidance is not None:
         tag += f"_guidance{args.guidance:g}"
     pixels = images.to_unit(out["x1"])
-    grid = images.image_grid(pixels, nrow=classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
-    scale = max(1, 256 // max(pixels.shape[1:3]))  # small images (8x8 digits) enlarged for viewing
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     base = pathlib.Path(args.workdir) / f"samples_{tag}"
     np.savez(base.with_suffix(".npz"), images=pixels, labels=out["labels"] if out["labels"] is not None else [],
              nfe=out["nfe"])
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base.with_suffix(".png"))
+    images.save_grid(base.with_suffix(".png"), pixels, classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
     print(f"{num} images with {args.solver} (mean NFE {out['nfe']:.0f}): {base.with_suffix('.npz')}, "
           f"{base.with_suffix('.png')}")
 

@@ -28,7 +28,9 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
     out = tmp_path / "images.json"
     importlib.import_module("images_table").main([
         "--datasets", "digits", "--methods", "fm", "--steps", "2", "--batch", "8", "--num", "8", "--preset", "tiny",
-        "--solvers", "euler:2", "--divergence", "exact", "--data-dir", str(tmp_path / "tfds"), "--out", str(out)])
+        "--solvers", "euler:2", "--divergence", "exact", "--data-dir", str(tmp_path / "tfds"), "--out", str(out),
+        "--grids", str(tmp_path / "grids")])
+    assert (tmp_path / "grids" / "digits_fm.png").is_file()
     cell = json.loads(out.read_text())["table"]["digits"]["fm"]
     assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
     assert "| digits | fm |" in out.with_suffix(".md").read_text()

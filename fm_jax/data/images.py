@@ -56,6 +56,7 @@ __all__ = [
     "default_data_dir",
     "image_grid",
     "info",
+    "save_grid",
     "load_split",
     "prepare",
     "preprocess",
@@ -670,3 +671,14 @@ def image_grid(images: np.ndarray, nrow: int) -> np.ndarray:
         r, q = divmod(i, cols)
         grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = image
     return grid
+
+
+def save_grid(path, pixels: np.ndarray, nrow: int) -> None:
+    """Write uint8 images (N, H, W, C) as one PNG grid (`image_grid`), enlarged to ~256 px a cell
+    side for small images (8x8 digits)."""
+    from PIL import Image
+
+    grid = image_grid(pixels, nrow)
+    scale = max(1, 256 // max(pixels.shape[1:3]))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
