@@ -11,7 +11,8 @@ optional linear decay to 0 at `num_steps` (`config.lr_decay = "polynomial"`, the
 Matching paper's CIFAR-10 schedule) and gradient clipping by global norm (`config.grad_clip`).
 
 `TrainState` is the whole of a run's mutable state, one pytree: the step, the parameters,
-the optimizer state, the EMA of the parameters and the run's RNG key. Every random draw of
+the optimizer state, the EMA of the parameters (left at the initial parameters when
+`ema_decay = 0`: a run without EMA samples with its parameters) and the run's RNG key. Every random draw of
 step s comes from `fold_in(key, s)`, so the state at a step fixes everything after it.
 """
 

@@ -140,7 +140,9 @@ def make_train_step(
         value, grads = jax.value_and_grad(lambda p: step_loss(net, p, k_loss, batch)[0])(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+        # Without EMA the EMA buffers pass through untouched (donated, so aliased: no work);
+        # readers take the params then (`fm_jax.train.workdir.load_run`).
+        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay) if ema_decay > 0 else state.ema_params
         return TrainState(state.step + 1, params, opt_state, ema, state.key), value
 
     def steps(state: TrainState, batches: dict):
