@@ -258,9 +258,9 @@ def _sample_images(args: argparse.Namespace, run) -> None:
     from fm_jax.train.image_eval import sample_images
     from fm_jax.train.state import num_classes
 
-    if args.diffusion is not None:
-        raise SystemExit("fm-jax sample --diffusion is for vector data; sample image runs with the ODE "
-                         "(or call fm_jax.sample_sde from Python).")
+    if args.diffusion is not None and run.config.method not in SCORE_METHODS:
+        raise SystemExit(f"The score follows from the velocity only for an N(0, I) source drawn independently of the "
+                         f"data (methods {SCORE_METHODS}); this run is {run.config.method}.")
     num = 100 if args.num is None else args.num
     classes = num_classes(run.config)
     labels = None
@@ -273,10 +273,12 @@ def _sample_images(args: argparse.Namespace, run) -> None:
     atol = 1e-5 if args.atol is None else args.atol
     spec = f"{args.solver}:{args.steps}" if args.steps else args.solver
     try:
-        out = sample_images(run, num, spec, rtol, atol, labels, args.guidance, args.seed)
+        out = sample_images(run, num, spec, rtol, atol, labels, args.guidance, args.seed, diffusion=args.diffusion)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}"
+    if args.diffusion is not None:
+        tag = f"sde_{tag}_diffusion{args.diffusion:g}"
     if args.guidance is not None:
         tag += f"_guidance{args.guidance:g}"
     pixels = images.to_unit(out["x1"])

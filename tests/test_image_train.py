@@ -97,6 +97,21 @@ def test_cli_samples_a_class_grid_with_guidance(conditional_run):
     assert float(saved["nfe"]) == 4
 
 
+def test_cli_samples_an_image_run_with_the_sde(conditional_run):
+    """--diffusion C samples dx = [v + C^2 s^2 / 2 score] dt + C s dW; C = 0 is the ODE's Euler, bit for bit."""
+    common = ["sample", "--workdir", str(conditional_run), "--solver", "euler", "--steps", "4", "--num", "10"]
+    cli.main([*common, "--diffusion", "0"])
+    cli.main(common)
+    cli.main([*common, "--diffusion", "1"])
+    ode = np.load(conditional_run / "samples_euler_4steps.npz")["images"]
+    zero = np.load(conditional_run / "samples_sde_euler_4steps_diffusion0.npz")
+    noisy = np.load(conditional_run / "samples_sde_euler_4steps_diffusion1.npz")["images"]
+    np.testing.assert_array_equal(zero["images"], ode)
+    assert float(zero["nfe"]) == 4 and np.any(noisy != ode)
+    with pytest.raises(SystemExit, match="fixed steps"):
+        cli.main(["sample", "--workdir", str(conditional_run), "--diffusion", "1"])
+
+
 def test_cli_eval_and_nll_of_an_image_run(conditional_run):
     result = cli.main(["eval", "--workdir", str(conditional_run), "--solvers", "euler:4", "--num", "64"])
     assert result == 0

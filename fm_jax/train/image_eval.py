@@ -80,11 +80,15 @@ def sample_images(
     guidance: float | None = None,
     seed: int = 0,
     batch_size: int = 500,
+    diffusion: float | None = None,
 ) -> dict:
     """{"x0", "x1" (float, [-1, 1]-ish), "nfe" (mean), "path_energy", "curvature"} of `num` samples.
 
     `labels` (int, (num,)) for a class-conditional run (default: classes in turn); `guidance`
-    the classifier-free guidance scale w (None: the conditional field, w = 1).
+    the classifier-free guidance scale w (None: the conditional field, w = 1). `diffusion=C`
+    samples the SDE with g(t) = C s(t) instead (`solvers.sample_sde`, the score from the
+    velocity of the run's path; `solver` then an SDE solver with fixed steps, "euler:100"); its
+    path energy and curvature are not defined (NaN).
     """
     from fm_jax.train.state import image_info
 
@@ -96,25 +100,40 @@ def sample_images(
         labels = np.arange(num) % null if labels is None else np.asarray(labels, np.int32)
         if labels.shape != (num,) or labels.min() < 0 or labels.max() >= null:
             raise ValueError(f"labels must be {num} integers in [0, {null - 1}], got shape {labels.shape}.")
-    name, steps = parse_solver(solver)
+    if diffusion is None:
+        name, steps = parse_solver(solver)
+    else:  # an SDE solver (`solvers.SDE_SOLVERS`): checked by `sample_sde`
+        name, _, count = solver.partition(":")
+        steps = int(count) if count.isdigit() else None
     kwargs = solve_kwargs(name, steps, rtol, atol)
     shape = image_info(run.config).shape
     size = min(batch_size, num)
     if run.config.method == "flow":
         return _sample_flow(run, num, size, seed)
 
+    if diffusion is not None and steps is None:
+        raise ValueError("SDE sampling runs in fixed steps: give the solver as NAME:STEPS, e.g. euler:100.")
+
     @jax.jit
-    def solve(x0, cond):
+    def solve(x0, cond, key):
         vf = solvers.velocity_field(run.apply, run.params, cond=cond, guidance=guidance,
                                     null_label=null if guidance is not None else None)
-        return metrics.trajectory_metrics(vf, x0, **kwargs)
+        if diffusion is None:
+            return metrics.trajectory_metrics(vf, x0, **kwargs)
+        from fm_jax.train.methods import build_loss
+
+        path = build_loss(run.config.method, run.config.sigma, run.config.source).path
+        sol = solvers.sample_sde(vf, x0, key, path, lambda t: diffusion * path.noise_scale(t)[0], solver=name,
+                                 steps=steps)
+        nan = jnp.full((), jnp.nan)
+        return metrics.TrajectoryMetrics(x1=sol.x, path_energy=nan, curvature=nan, nfe=sol.nfe)
 
     key = jax.random.fold_in(jax.random.key(seed), HELD_OUT)
     x0 = np.asarray(jax.random.normal(key, (num, *shape)))
     out, nfe, energy, curvature = [], [], [], []
     for start, n in _chunks(num, size):
         cond = None if labels is None else jnp.asarray(_pad(labels[start:start + n], size))
-        m = solve(jnp.asarray(_pad(x0[start:start + n], size)), cond)
+        m = solve(jnp.asarray(_pad(x0[start:start + n], size)), cond, jax.random.fold_in(key, start))
         out.append(np.asarray(m.x1)[:n])
         nfe.append(int(m.nfe))
         energy.append(float(m.path_energy) * n)
