@@ -67,6 +67,10 @@ def test_torchcfm_comparison_trains_and_samples_the_fm_jax_side(monkeypatch):
     out = bench.run_fm_jax("otcfm", "8gaussians", "moons", steps=20, num=64, seed=0)
     assert out["steps_per_s"] > 0 and out["samples"].shape == (64, 2)
     assert bench.SIGMA == {"icfm": 0.1, "otcfm": 0.1, "sbcfm": 1.0}
+    rows = [{"task": "a", "method": "icfm", "seed": seed, "torchcfm_steps_per_s": 100.0, "fm_jax_steps_per_s": rate,
+             "speedup": rate / 100.0, "torchcfm_w2": 0.5, "fm_jax_w2": 0.4} for seed, rate in enumerate([300.0, 500.0])]
+    (summary,) = bench.summarize(rows)
+    assert summary["seeds"] == 2 and summary["speedup"] == {"mean": 4.0, "std": 1.0}
 
 
 def test_unet_bench_times_the_loss_beside_the_bare_step_in_both_precisions(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"          # torch 2.13.0 (CPU build) and torchcfm 1.0.7
     python experiments/bench/vs_torchcfm.py [--steps 5000] [--methods icfm otcfm sbcfm] \
-        [--tasks normal:moons 8gaussians:moons] [--num 2000] [--out results/vs_torchcfm.json]
+        [--tasks normal:moons 8gaussians:moons] [--num 2000] [--seeds 3] [--out results/vs_torchcfm.json]
 
 Both sides train the same network (3 hidden layers of 64 SELU units, time appended to the
 input: torchcfm's `models.MLP(dim=2, time_varying=True, w=64)` and `fm_jax.models.MLP`), at
@@ -15,6 +15,8 @@ its fastest setting on 2 cores). fm_jax runs `fm_jax.train.train` with
 the toy2d config. Steps/s excludes compilation (fm_jax) and a
 warm-up (torch). W2 is exact, between `--num` samples of each model's flow (Dopri5, rtol =
 atol = 1e-4: torchdiffeq's `odeint` for torch, Diffrax for fm_jax) and fresh target samples.
+Each (task, method) runs `--seeds` seeds; "summary" holds the mean and standard deviation
+over seeds of both sides' steps/s, their ratio and W2.
 """
 
 from __future__ import annotations
@@ -112,13 +114,25 @@ def run_fm_jax(method: str, source: str, target: str, steps: int, num: int, seed
     return {"steps_per_s": summary["steps_per_s"], "samples": np.asarray(x1)}
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (task, method): mean and standard deviation over seeds of each figure."""
+    keys = ("torchcfm_steps_per_s", "fm_jax_steps_per_s", "speedup", "torchcfm_w2", "fm_jax_w2")
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["method"]), []).append(row)
+    return [{"task": task, "method": method, "seeds": len(group)}
+            | {k: {"mean": float(np.mean([r[k] for r in group])), "std": float(np.std([r[k] for r in group]))}
+               for k in keys}
+            for (task, method), group in groups.items()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--methods", nargs="+", default=["icfm", "otcfm", "sbcfm"], choices=sorted(SIGMA))
     parser.add_argument("--tasks", nargs="+", default=["normal:moons", "8gaussians:moons"])
     parser.add_argument("--num", type=int, default=2000, help="samples for W2")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch's intra-op threads; 1 is torchcfm's fastest here (OT-CFM: 90 steps/s, 25 with 2)")
     parser.add_argument("--out", default="results/vs_torchcfm.json")
@@ -133,19 +147,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     for task in args.tasks:
         source, target = task.split(":")
-        reference = np.asarray(toy2d.sample(target, jax.random.key(2000 + args.seed), args.num))
         for method in args.methods:
-            ours = run_fm_jax(method, source, target, args.steps, args.num, args.seed)
-            theirs = run_torch(method, source, target, args.steps, args.num, args.seed, args.torch_threads)
-            row = {"task": task, "method": method, "steps": args.steps,
-                   "torchcfm_steps_per_s": theirs["steps_per_s"], "fm_jax_steps_per_s": ours["steps_per_s"],
-                   "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
-                   "torchcfm_w2": metrics.w2(theirs["samples"], reference),
-                   "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
-                   "torch_threads": theirs["threads"]}
-            rows.append(row)
-            print(f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
-                  f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}", flush=True)
+            for seed in range(args.seeds):
+                reference = np.asarray(toy2d.sample(target, jax.random.key(2000 + seed), args.num))
+                ours = run_fm_jax(method, source, target, args.steps, args.num, seed)
+                theirs = run_torch(method, source, target, args.steps, args.num, seed, args.torch_threads)
+                row = {"task": task, "method": method, "seed": seed, "steps": args.steps,
+                       "torchcfm_steps_per_s": theirs["steps_per_s"], "fm_jax_steps_per_s": ours["steps_per_s"],
+                       "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
+                       "torchcfm_w2": metrics.w2(theirs["samples"], reference),
+                       "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
+                       "torch_threads": theirs["threads"]}
+                rows.append(row)
+                print(f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
+                      f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}", flush=True)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "torchcfm": getattr(torchcfm, "__version__", "1.0.7")},
         "args": vars(args),
         "rows": rows,
+        "summary": summarize(rows),
     }
     write_result(result, args.out)
     return result
