@@ -64,7 +64,9 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
         carry = jax.block_until_ready(call(carry))  # outputs are typed/placed like later inputs from here on
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            carry = call(carry)
+            # One call in flight, as the driver runs: several queued multi-device calls can starve
+            # XLA:CPU's collective rendezvous of threads (an all-reduce then aborts after 40 s).
+            carry = jax.block_until_ready(call(carry))
             calls += 1
         jax.block_until_ready(carry)
         return calls * steps_per_call / (time.perf_counter() - start), first

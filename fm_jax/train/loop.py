@@ -319,6 +319,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 step = first + k
                 if step < config.num_steps:  # prepared while the devices run this call
                     batches = engine.batches(data_key, step)
+                # At most one call in flight: with several multi-device calls queued, XLA:CPU can
+                # starve a collective's rendezvous of threads (an all-reduce aborts after 40 s).
+                jax.block_until_ready(values)
                 losses.append(values)
                 bar.update(k)
                 log_now = step % config.log_every == 0 or step == config.num_steps
