@@ -94,7 +94,8 @@ def precompute_pairs(config: ml_collections.ConfigDict, coupling: couplings.Teac
 
 def teacher_coupling(config: ml_collections.ConfigDict) -> couplings.TeacherCoupling:
     """The coupling of an "nfm" or "reflow" run, with the teacher's parameters (its EMA where it kept one)."""
-    run = load_run(teacher_config(config) and config.teacher.workdir)
+    teacher_config(config)  # checked again: the coupling may be built without check_config
+    run = load_run(config.teacher.workdir)
     if config.method == "nfm":
         return couplings.nf_coupling(model_method(run.config, "forward"), run.params, run.config.flow.noise,
                                      run.config.flow.prior_std)
