@@ -84,7 +84,18 @@ class Batches:
         }
 
 
-class DensityBatches(Batches):
+class _DrawnBatches(Batches):
+    """Batches drawn on the devices from (key, step): the data position is the step."""
+
+    def position(self, step: int) -> dict:
+        return {"step": int(step)}
+
+    def restore(self, position: dict, step: int) -> None:
+        if position.get("step") != step:
+            raise ValueError(f"The checkpoint of step {step} holds the data position {position}; it is damaged.")
+
+
+class DensityBatches(_DrawnBatches):
     """Batches drawn on the devices from the config's source and target densities."""
 
     def __init__(self, config, mesh, coupling, group):
@@ -110,15 +121,9 @@ class DensityBatches(Batches):
             batch = jax.device_get(self._sample(jax.device_put(key, cpu), first_step))
         return self._couple_on_host(batch)
 
-    def position(self, step: int) -> dict:
-        return {"step": int(step)}
-
-    def restore(self, position: dict, step: int) -> None:
-        if position.get("step") != step:
-            raise ValueError(f"The checkpoint of step {step} holds the data position {position}; it is damaged.")
 
 
-class PairBatches(Batches):
+class PairBatches(_DrawnBatches):
     """Batches drawn on the devices, with replacement, from a fixed set of (x0, x1) pairs (a
     teacher's pairs computed once before training, `fm_jax.train.teachers.precompute_pairs`)."""
 
@@ -137,11 +142,6 @@ class PairBatches(Batches):
     def __call__(self, key: jax.Array, first_step: int) -> dict:
         return self._sample(key, first_step)
 
-    def position(self, step: int) -> dict:
-        return {"step": int(step)}
-
-    def restore(self, position: dict, step: int) -> None:
-        DensityBatches.restore(self, position, step)
 
 
 class ImageBatches(Batches):
