@@ -31,6 +31,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/train_speed.py
 	$(BIN)/python experiments/bench/engine.py
 	$(BIN)/python experiments/bench/sampling.py
+	$(BIN)/python experiments/bench/likelihood.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

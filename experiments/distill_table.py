@@ -1,7 +1,7 @@
 """Learned and distilled couplings on 2D densities: do they straighten the flow and win at few NFE?
 
     python experiments/distill_table.py [--tasks normal:8gaussians normal:moons] [--steps 20000] [--seeds 1] \
-        [--etas 0.0 0.05 0.2] [--num 5000] [--out results/distill.json]
+        [--etas 0.0 0.05 0.2] [--num 5000] [--out results/distill.json] [--plots DIR]
     python experiments/distill_table.py --tasks tfds:digits --steps 2000 --batch 128 --num 300 \
         --etas 0.0 0.05 --out results/distill_digits.json
 
@@ -20,7 +20,8 @@ Reported per method (mean ± std over seeds): W2 on `--num` samples with Euler a
 the normalized path energy along Dopri5's trajectories; KL(target || model) in nats from the
 held-out log-likelihood (exact for the flow; the ODE's with the exact divergence otherwise). The
 flow samples in one shot: its W2 stands in every NFE column and its "NFE" is its sequential
-network passes. Writes the JSON and a markdown table (`.md`) with the claims checked.
+network passes. Writes the JSON and a markdown table (`.md`) with the claims checked, and with
+`--plots DIR` each model's Dopri5 trajectories (`plot`).
 
 Image tasks (`tfds:digits`, `tfds:mnist5k`) train with the images config (a `--preset` U-Net,
 Adam with warmup, EMA, one step per call), the teacher flow is a TarFlow on 2x2 patches
@@ -42,11 +43,14 @@ import tempfile
 import jax
 import numpy as np
 
+from fm_jax import data, solvers
+from fm_jax.data import images
+from fm_jax.plots import plot_flow
 from fm_jax.train import apply_overrides, load_config, train
-from fm_jax import data
 from fm_jax.train.evaluate import evaluate, evaluate_flow, reference_w2_sq
 from fm_jax.train.image_eval import evaluate_images, image_nll
 from fm_jax.train.nll import held_out_nll
+from fm_jax.train.state import image_info, model_method
 from fm_jax.train.workdir import load_run
 
 CONFIG = pathlib.Path(__file__).parent / "configs" / "toy2d.py"
@@ -102,6 +106,32 @@ def measure(workdir: pathlib.Path, seed: int, w2_sq: float, args) -> dict:
                    "kl": kl}
 
 
+def plot(workdir: pathlib.Path, png: pathlib.Path, seed: int) -> None:
+    """Dopri5 (1e-4) trajectories of one run: 1,000 2D paths over the target's points, or 8 images
+    (rows) at 9 equally spaced times from noise (left) to sample (right); a flow's one-shot samples."""
+    run = load_run(workdir)
+    key = jax.random.key(2000 + seed)
+    title = f"{workdir.name}: {run.config.target}"
+    if data.is_image_spec(run.config.target):
+        if run.config.method == "flow":
+            x = model_method(run.config, "sample")(run.params, key, 64)
+            return images.save_grid(png, images.to_unit(x), 8)
+        x0 = jax.random.normal(key, (8, *image_info(run.config).shape))
+        vf = solvers.velocity_field(run.apply, run.params)
+        traj = jax.jit(lambda x: solvers.sample(vf, x, "dopri5", rtol=1e-4, atol=1e-4, save_trajectory=9))(x0)
+        return images.save_grid(png, images.to_unit(np.swapaxes(np.asarray(traj.trajectory), 0, 1).reshape(
+            -1, *x0.shape[1:])), 9)
+    source, target = data.densities(run.config.source, run.config.target)
+    k_src, k_tgt = jax.random.split(key)
+    if run.config.method == "flow":
+        return plot_flow(png, model_method(run.config, "sample")(run.params, k_src, 1000),
+                         target.sample(k_tgt, 2000), None, title)
+    vf = solvers.velocity_field(run.apply, run.params)
+    sol = jax.jit(lambda x: solvers.sample(vf, x, "dopri5", rtol=1e-4, atol=1e-4, save_trajectory=33))(
+        source.sample(k_src, 1000))
+    plot_flow(png, sol.x, target.sample(k_tgt, 2000), sol.trajectory, f"{title}, NFE {int(sol.nfe)}")
+
+
 def run_task_seed(task: str, seed: int, args) -> dict:
     """Every model of one task and seed: {row name: metrics}."""
     w2_sq = None if data.is_image_spec(task) else reference_w2_sq(*task.split(":"), args.num, seed=1000 + seed)
@@ -113,6 +143,11 @@ def run_task_seed(task: str, seed: int, args) -> dict:
             rate = train_run(root / name, method, task, seed, args, **extra)
             cells[name] = measure(root / name, seed, w2_sq, args) | {"steps_per_s": rate}
             print(task, f"seed {seed}", name, {k: round(v, 4) for k, v in cells[name].items()}, flush=True)
+            if args.plots:
+                folder = pathlib.Path(args.plots)
+                folder.mkdir(parents=True, exist_ok=True)
+                tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in f"{task}_{seed}_{name}")
+                plot(root / name, folder / f"{tag}.png", seed)
 
         do("icfm", "icfm")
         do("otcfm", "otcfm")
@@ -161,10 +196,16 @@ def claims(table: dict) -> list[str]:
 def markdown(table: dict, machine: str, args) -> str:
     heads = [f"W2 NFE {n}" for n in NFES] + ["W2 Dopri5", "NFE", "curvature", "NPE", "KL (nats)", "steps/s"]
     image_heads = heads[:-2] + ["bits/dim", "steps/s"]
-    lines = [f"Learned and distilled couplings, 2D, {args.steps} steps at batch {args.batch} each, {args.seeds} "
-             f"seed(s), W2 on {args.num} samples, KL on {args.num_nll} held-out points ({machine}); mean ± std over "
-             f"seeds; `python experiments/distill_table.py --steps {args.steps} --seeds {args.seeds} --num {args.num} "
-             f"--etas {' '.join(f'{e:g}' for e in args.etas)}`.", ""]
+    on_images = any(data.is_image_spec(task) for task in table)
+    measured = (f"W2 on {args.num} held-out images, held-out bits/dim (Hutchinson), `{args.preset}` U-Net, TarFlow "
+                f"teacher of {args.flow_layers} blocks, reflow teacher in {args.reflow_steps} Euler steps" if on_images
+                else f"W2 on {args.num} samples, KL on {args.num_nll} held-out points")
+    command = (f"python experiments/distill_table.py --tasks {' '.join(table)} --steps {args.steps} --batch "
+               f"{args.batch} --seeds {args.seeds} --num {args.num} --etas {' '.join(f'{e:g}' for e in args.etas)}"
+               + (f" --preset {args.preset} --flow-layers {args.flow_layers} --reflow-steps {args.reflow_steps}"
+                  if on_images else ""))
+    lines = [f"Learned and distilled couplings, {args.steps} steps at batch {args.batch} each, {args.seeds} seed(s), "
+             f"{measured} ({machine}); mean ± std over seeds; `{command}`.", ""]
     for task, rows in table.items():
         shown = image_heads if data.is_image_spec(task) else heads
         lines += [f"**{title(task)}**", "",
@@ -192,6 +233,7 @@ def main(argv=None):
     parser.add_argument("--num", type=int, default=5000, help="samples for W2")
     parser.add_argument("--num-nll", type=int, default=2000, help="held-out points for the KL")
     parser.add_argument("--out", default="results/distill.json")
+    parser.add_argument("--plots", default="", help="a folder for each model's trajectory plot (PNG)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md of an existing --out JSON")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)

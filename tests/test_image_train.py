@@ -2,6 +2,7 @@
 the data iterator's position, 8 devices against 1, class-conditional training with guidance,
 and the CLI's sample / eval / nll on an image run."""
 
+import importlib
 import json
 import pathlib
 
@@ -154,11 +155,18 @@ def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, cap
       "flow.layers": 1, "flow.patch": 4, "flow.noise": 0.05}, 2 * 4),
     ({"method": "fastode", "encoder.preset": "tiny"}, 2),
 ], ids=["tarflow", "fastode"])
-def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, fields, nfe):
-    """A TarFlow on 4x4 patches of the digits, and fast-ode with a U-Net encoder, through train / eval / nll."""
+def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, monkeypatch, fields, nfe):
+    """A TarFlow on 4x4 patches of the digits, and fast-ode with a U-Net encoder, through train / eval / nll
+    and the distillation table's trajectory plot."""
     workdir = tmp_path / "run"
     train(image_config(data_dir, num_steps=4, log_every=2, checkpoint_every=4, **fields), workdir, progress=False)
     run = load_run(workdir)
+    monkeypatch.syspath_prepend(str(CONFIG.parent.parent))
+    importlib.import_module("distill_table").plot(workdir, tmp_path / "plot.png", 0)
+    with Image.open(tmp_path / "plot.png") as png:  # 8x8 digits at 32x, 1-px gaps
+        # the flow: 64 one-shot samples, 8 a row; fast-ode: 8 trajectories (rows) at 9 times
+        cols = 8 if fields["method"] == "flow" else 9
+        assert png.size == (32 * (9 * cols - 1), 32 * (9 * 8 - 1))
     if fields["method"] == "fastode":  # the encoder trained with the field; sampling is any image run's
         assert set(run.params) == {"field", "encoder"}
         assert float(np.abs(np.asarray(run.params["encoder"]["net"]["conv_out"]["kernel"][...])).max()) > 0

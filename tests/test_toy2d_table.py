@@ -41,9 +41,11 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
     out = tmp_path / "distill.json"
     importlib.import_module("distill_table").main([
         "--tasks", "normal:moons", "--steps", "50", "--num", "200", "--num-nll", "100", "--etas", "0.1",
-        "--flow-layers", "2", "--out", str(out)])
+        "--flow-layers", "2", "--out", str(out), "--plots", str(tmp_path / "plots")])
     rows = json.loads(out.read_text())["table"]["normal:moons"]
     assert list(rows) == ["icfm", "otcfm", "fastode", "reflow", "flow (eta=0.1)", "nfm (eta=0.1)"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        f"normal_moons_0_{name}.png" for name in ["icfm", "otcfm", "fastode", "reflow", "flow__eta_0.1_", "nfm__eta_0.1_"])
     assert rows["flow (eta=0.1)"]["nfe"]["mean"] == 2 and rows["nfm (eta=0.1)"]["w2_euler:1"]["mean"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| reflow |" in md and "The NFM student beats its teacher flow" in md
