@@ -32,6 +32,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/engine.py
 	$(BIN)/python experiments/bench/sampling.py
 	$(BIN)/python experiments/bench/likelihood.py
+	$(BIN)/python experiments/bench/teacher_cost.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -96,3 +96,17 @@ def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_p
     dopri5 = [r["nfe"] for r in result["tolerance"] if r["solver"] == "dopri5"]
     assert dopri5 == sorted(dopri5) and dopri5[0] < dopri5[-1]  # tighter tolerances cost more NFE
     assert "| mlp_784 | 1,000 | 3 |" in out.with_suffix(".md").read_text()
+
+
+def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "teacher_cost.json"
+    importlib.import_module("teacher_cost").main(["--steps", "20", "--batch", "32", "--pairs", "100",
+                                                  "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["reflow (Dopri5 1e-4)", "nfm (RealNVP)"]
+    for r in rows.values():
+        assert min(r["in_step_steps_per_s"], r["precomputed_steps_per_s"], r["pairs_seconds"]) > 0
+        saved = 1 / r["in_step_steps_per_s"] - 1 / r["precomputed_steps_per_s"]
+        assert r["break_even_steps"] == (r["pairs_seconds"] / saved if saved > 0 else float("inf"))
+    assert "| nfm (RealNVP) |" in out.with_suffix(".md").read_text()

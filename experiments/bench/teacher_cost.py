@@ -1,0 +1,107 @@
+"""What a teacher costs: NFM and reflow with the teacher in every train step, or its pairs precomputed.
+
+    python experiments/bench/teacher_cost.py [--steps 2000] [--batch 256] [--pairs 50000] \
+        [--target moons] [--out results/teacher_cost.json]
+
+Two teachers on N(0, I) -> `--target` (toy2d config, MLP 3 x 64): an I-CFM run for reflow
+(Dopri5 at rtol = atol = 1e-4, backward from the data) and a RealNVP flow (8 couplings, eta =
+0.05) for NFM, each trained `--steps` steps. Then each student trains `--steps` steps:
+
+- "in step": the teacher maps every batch inside the jitted train step
+  (`config.teacher.precompute = 0`): its cost is paid on every step;
+- "precomputed": `config.teacher.precompute = --pairs` maps that many pairs once before
+  training (timed on its own, compiled first), and the steps draw batches from them.
+
+Per teacher it prints and writes: the student's steps/s both ways, the I-CFM step's beside them,
+the one-off seconds for the pairs, and the break-even training length, the number of steps
+after which precomputing has paid for itself: pairs_s / (1 / in_step - 1 / precomputed).
+All figures come from this one run; writes the JSON and a markdown table (`.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import jax
+
+from fm_jax.train import apply_overrides, load_config, train
+from fm_jax.train.teachers import precompute_pairs, teacher_coupling
+
+CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+
+
+def config_for(args, **fields):
+    overrides = {"source": "normal", "target": args.target, "num_steps": args.steps, "batch_size": args.batch,
+                 "steps_per_call": min(100, args.steps), "log_every": args.steps, "checkpoint_every": args.steps,
+                 "sigma": 0.0, "teacher.rtol": 1e-4, "teacher.atol": 1e-4} | fields
+    return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in overrides.items()})
+
+
+def steps_per_s(config, workdir: pathlib.Path) -> float:
+    train(config, workdir, progress=False)
+    return json.loads((workdir / "summary.json").read_text())["steps_per_s"]
+
+
+def pairs_seconds(config, num: int) -> float:
+    """Seconds to precompute `num` pairs, the chunk function compiled first (one chunk)."""
+    coupling = teacher_coupling(config)
+    precompute_pairs(config, coupling, config.batch_size)
+    start = time.perf_counter()
+    precompute_pairs(config, coupling, num)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=50_000)
+    parser.add_argument("--target", default="moons")
+    parser.add_argument("--out", default="results/teacher_cost.json")
+    args = parser.parse_args(argv)
+    rows = {}
+    with tempfile.TemporaryDirectory() as root:
+        root = pathlib.Path(root)
+        icfm = steps_per_s(config_for(args, method="icfm"), root / "icfm")
+        steps_per_s(config_for(args, method="flow", **{"flow.noise": 0.05}), root / "flow")
+        for name, method, teacher in (("reflow (Dopri5 1e-4)", "reflow", "icfm"), ("nfm (RealNVP)", "nfm", "flow")):
+            fields = {"method": method, "teacher.workdir": root / teacher}
+            in_step = steps_per_s(config_for(args, **fields), root / f"{method}_in_step")
+            pre = config_for(args, **fields, **{"teacher.precompute": args.pairs})
+            seconds = pairs_seconds(pre, args.pairs)
+            precomputed = steps_per_s(pre, root / f"{method}_precomputed")
+            saved = 1 / in_step - 1 / precomputed
+            rows[name] = {"icfm_steps_per_s": icfm, "in_step_steps_per_s": in_step,
+                          "precomputed_steps_per_s": precomputed, "pairs": args.pairs, "pairs_seconds": seconds,
+                          "break_even_steps": seconds / saved if saved > 0 else float("inf")}
+            print(name, {k: round(v, 3) for k, v in rows[name].items()}, flush=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=1))
+    text = markdown(rows, machine, args)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return rows
+
+
+def markdown(rows: dict, machine: str, args) -> str:
+    lines = [f"Teacher cost, N(0, I) -> {args.target}, {args.steps} steps at batch {args.batch} ({machine}); "
+             f"`python experiments/bench/teacher_cost.py --steps {args.steps} --batch {args.batch} --pairs {args.pairs}`.",
+             "", "| student | I-CFM steps/s | in step: steps/s | precomputed: steps/s | pairs | seconds for the pairs "
+             "| break-even steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['icfm_steps_per_s']:,.0f} | {r['in_step_steps_per_s']:,.0f} | "
+                     f"{r['precomputed_steps_per_s']:,.0f} | {r['pairs']:,} | {r['pairs_seconds']:.2f} | "
+                     f"{r['break_even_steps']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
