@@ -1,5 +1,6 @@
 """The teacher flow, fast-ode, NFM and reflow through `fm-jax train`, `eval` and `nll`, and their bad input."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -108,3 +109,26 @@ def test_precomputed_pairs_are_the_teacher_map_and_feed_the_batches(teachers):
     assert batches["x0"].shape == (2, 64, 2)
     rows = {tuple(np.round(r, 5)) for r in pairs["x0"]}
     assert all(tuple(np.round(r, 5)) in rows for r in np.asarray(batches["x0"]).reshape(-1, 2))
+
+
+@pytest.mark.parametrize("scope", ["global", "group"])
+def test_a_teacher_step_matches_on_four_devices_and_takes_the_teacher_as_an_argument(teachers, scope):
+    from fm_jax.train import apply_overrides, load_config
+    from fm_jax.train.loop import build_engine
+
+    losses = {}
+    for devices in (1, 4):
+        config = apply_overrides(load_config(CONFIG), {
+            "method": "nfm", "target": "8gaussians", "batch_size": "64", "steps_per_call": "3",
+            "teacher.workdir": str(teachers / "flow"), "mesh.num_devices": str(devices), "coupling_scope": scope,
+            "coupling_group": "16"})
+        engine = build_engine(config)
+        batches = engine.batches(engine.data_key, 0)
+        losses[devices] = np.asarray(engine.steps(engine.state, batches)[1])
+    np.testing.assert_allclose(losses[4], losses[1], rtol=2e-4, atol=1e-6)
+    # The teacher's parameters are an argument of the step: other values, same program.
+    steps = engine.steps
+    other = dataclasses.replace(steps, teacher_params=jax.tree.map(lambda p: p * 0.5, steps.teacher_params))
+    state = build_engine(config).state
+    moved = np.asarray(other(state, batches)[1])
+    assert steps.jitted._cache_size() == 1 and not np.allclose(moved, losses[4])

@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 
 from fm_jax import data
 from fm_jax.couplings import Coupling
-from fm_jax.train.sharding import batch_sharding, replicated
+from fm_jax.train.sharding import batch_sharding, place, replicated
 
 __all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "PairBatches", "make_batches"]
 
@@ -129,7 +129,7 @@ class PairBatches(_DrawnBatches):
 
     def __init__(self, config, mesh, coupling, group, pairs: dict):
         super().__init__(config, mesh, coupling, group)
-        pairs = jax.device_put(pairs, replicated(mesh))  # every process computed the same pairs
+        pairs = place(pairs, {name: replicated(mesh) for name in pairs})  # every process computed the same pairs
         count, n, calls = pairs["x1"].shape[0], self.n, self.calls
 
         def one(key, step):

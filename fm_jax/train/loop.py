@@ -39,7 +39,7 @@ from fm_jax.train.metrics_log import MetricsLog
 from fm_jax.train.methods import TEACHER_METHODS, build_loss, check_method
 from fm_jax.train.state import TrainState, image_info, init_state, model_method, num_classes, uses_dropout
 from fm_jax.train.teachers import check_teacher, precompute_pairs, teacher_coupling
-from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, make_train_step
+from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, TrainSteps, make_train_step
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
 
@@ -169,7 +169,7 @@ class Engine(NamedTuple):
 
     state: TrainState
     batches: Batches
-    steps: Callable[[TrainState, dict], tuple[TrainState, jax.Array]]
+    steps: TrainSteps
     data_key: jax.Array
     mesh: Mesh
     apply: Callable
@@ -305,7 +305,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     k, data_key = config.steps_per_call, engine.data_key
     batches = engine.batches(data_key, start_step)
     began = time.perf_counter()
-    steps = engine.steps.lower(state, batches).compile()  # compiled once, ahead of the loop
+    steps = engine.steps.compile(state, batches)  # compiled once, ahead of the loop
     compile_s = time.perf_counter() - began
 
     log, stop, losses, losses_from = MetricsLog(workdir) if primary else None, [], [], start_step

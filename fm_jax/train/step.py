@@ -18,6 +18,11 @@ Minibatch couplings (Tong et al. 2024) pair x0 with x1 within a set of examples:
   per-device OT; a fixed group size gives the same result on any device count. Group g's
   key is `fold_in(key, g)`, g counted over the global batch.
 
+A teacher coupling (NFM, reflow: `couplings.TeacherCoupling`) maps the batch inside the step
+too; its parameters are an argument of the program, replicated on the mesh once
+(`TrainSteps`), so the compile does not grow with the teacher and other teacher parameters
+of the same shapes reuse it.
+
 `precision="bfloat16"` runs the network in bf16 (params and x_t cast on the way in, the
 output cast back to f32), while the parameters, gradients, optimizer state and EMA stay f32.
 The time stays f32: in bf16, 1000 t (the U-Net's time scale) is off by up to 2 units.
@@ -37,12 +42,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from fm_jax.couplings import Coupling, Independent
+from fm_jax.couplings import Coupling, Independent, TeacherCoupling
 from fm_jax.losses import CFMLoss
-from fm_jax.train.sharding import DATA, batch_sharding, replicated
+from fm_jax.train.sharding import DATA, batch_sharding, place, replicated
 from fm_jax.train.state import TrainState
 
-__all__ = ["COUPLING_SCOPES", "PRECISIONS", "couple_global", "couple_in_groups", "make_train_step", "mixed_precision"]
+__all__ = ["COUPLING_SCOPES", "PRECISIONS", "TrainSteps", "couple_global", "couple_in_groups", "make_train_step", "mixed_precision"]
 
 COUPLING_SCOPES = ("global", "group")
 DROPOUT_STREAM = 0xD50
@@ -119,7 +124,7 @@ def make_train_step(
     coupling_group: int = 0,
     precision: str = "float32",
     dropout: bool = False,
-) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
+) -> "TrainSteps":
     """The jitted `steps(state, batches) -> (state, losses of shape (K,))`; the state is donated."""
     if coupling_scope not in COUPLING_SCOPES:
         raise ValueError(f"Unknown coupling_scope {coupling_scope!r}; choose one of {COUPLING_SCOPES}.")
@@ -127,13 +132,16 @@ def make_train_step(
     # The step couples the batch itself (globally or per group), then regresses on the pairs.
     coupled = not isinstance(loss.coupling, Independent)
     step_loss = dataclasses.replace(loss, coupling=Independent())
+    # A teacher's parameters enter the jitted step as an argument (replicated), not as constants
+    # baked into the program: a large teacher would bloat and slow the compile otherwise.
+    teacher = loss.coupling if isinstance(loss.coupling, TeacherCoupling) else None
 
-    def one_step(state: TrainState, batch: dict):
+    def one_step(coupling: Coupling, state: TrainState, batch: dict):
         k_pair, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
         if coupled and coupling_scope == "group":
-            batch = couple_in_groups(loss.coupling, k_pair, batch, coupling_group, mesh)
+            batch = couple_in_groups(coupling, k_pair, batch, coupling_group, mesh)
         elif coupled:
-            batch = couple_global(loss.coupling, k_pair, batch, mesh)
+            batch = couple_global(coupling, k_pair, batch, mesh)
         net = apply
         if dropout:
             net = functools.partial(apply, dropout_key=jax.random.fold_in(k_loss, DROPOUT_STREAM))
@@ -145,18 +153,40 @@ def make_train_step(
         ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay) if ema_decay > 0 else state.ema_params
         return TrainState(state.step + 1, params, opt_state, ema, state.key), value
 
-    def steps(state: TrainState, batches: dict):
+    def steps(state: TrainState, batches: dict, teacher_params: Any = None):
+        coupling = loss.coupling if teacher is None else dataclasses.replace(teacher, params=teacher_params)
+        step = functools.partial(one_step, coupling)
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             # One step per call runs outside a loop: XLA:CPU runs convolutions inside a while
             # loop ~20x slower than outside one (a U-Net step on 8x8 digits: 6.5 s vs 0.33 s),
             # so convolutional models train with steps_per_call = 1 on CPUs.
-            state, value = one_step(state, jax.tree.map(lambda x: x[0], batches))
+            state, value = step(state, jax.tree.map(lambda x: x[0], batches))
             return state, value[None]
-        return jax.lax.scan(one_step, state, batches)
+        return jax.lax.scan(step, state, batches)
 
-    return jax.jit(
+    jitted = jax.jit(
         steps,
-        in_shardings=(state_sharding, batch_sharding(mesh, leading_axes=1)),
+        in_shardings=(state_sharding, batch_sharding(mesh, leading_axes=1), replicated(mesh)),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,
     )
+    if teacher is None:
+        return TrainSteps(jitted)
+    return TrainSteps(jitted, place(teacher.params, jax.tree.map(lambda _: replicated(mesh), teacher.params)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSteps:
+    """The jitted `steps(state, batches) -> (state, losses)` with a teacher's parameters bound
+    (an argument of the program, laid out on the mesh once; None without a teacher)."""
+
+    jitted: Callable
+    teacher_params: Any = None
+
+    def __call__(self, state: TrainState, batches: dict):
+        return self.jitted(state, batches, self.teacher_params)
+
+    def compile(self, state: TrainState, batches: dict) -> Callable:
+        """Compiled ahead of time for these shapes and shardings: `compiled(state, batches)`."""
+        compiled = self.jitted.lower(state, batches, self.teacher_params).compile()
+        return lambda state, batches: compiled(state, batches, self.teacher_params)
