@@ -180,16 +180,18 @@ def claims(table: dict) -> list[str]:
     # The quality column: W2 on densities, the pixel Frechet distance on images.
     mean = lambda rows, name, col: rows[name][col.replace("w2_", "fd_") if "fd_dopri5" in rows[name] else col]["mean"]
     learned = lambda rows: [n for n in rows if n == "fastode" or n == "reflow" or n.startswith("nfm")]
+    images = [data.is_image_spec(task) for task in table]
+    q = "FD" if all(images) else "W2, FD on images," if any(images) else "W2"
     out = [
         "- Learned and distilled couplings straighten trajectories (curvature below I-CFM's, every one): " + holds(
             lambda rows: all(mean(rows, n, "curvature") < mean(rows, "icfm", "curvature") for n in learned(rows))),
-        "- They win at few NFE against independent pairs (W2, FD on images, at Euler NFE 1 and 2 below I-CFM's, every one): "
+        f"- They win at few NFE against independent pairs ({q} at Euler NFE 1 and 2 below I-CFM's, every one): "
         + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "icfm", f"w2_euler:{k}")
                                  for n in learned(rows) for k in (1, 2))),
-        "- ... and against minibatch OT pairs (W2, FD on images, at Euler NFE 1 and 2 below OT-CFM's, every one): "
+        f"- ... and against minibatch OT pairs ({q} at Euler NFE 1 and 2 below OT-CFM's, every one): "
         + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "otcfm", f"w2_euler:{k}")
                                  for n in learned(rows) for k in (1, 2))),
-        "- The NFM student beats its teacher flow (W2, FD on images, with Dopri5 below the flow's, every eta): " + holds(
+        f"- The NFM student beats its teacher flow ({q} with Dopri5 below the flow's, every eta): " + holds(
             lambda rows: all(mean(rows, n, "w2_dopri5") < mean(rows, n.replace("nfm", "flow"), "w2_dopri5")
                              for n in rows if n.startswith("nfm"))),
     ]

@@ -1,5 +1,6 @@
-"""Two processes x two fake CPU devices on 127.0.0.1 against one process with four devices,
-and a run whose peer never comes failing within its timeout. Each process is a subprocess
+"""Two processes x two fake CPU devices on 127.0.0.1 against one process with four devices
+(minibatch OT and teacher couplings included), and a run whose peer never comes failing within
+its timeout. Each process is a subprocess
 of `fm-jax train` with a timeout; nothing runs in the pytest process."""
 
 import json
@@ -40,14 +41,28 @@ def manual(port: int, processes: int, pid: int, timeout: int = 60) -> list[str]:
             f"--config.distributed.init_timeout_s={timeout}", "--config.distributed.heartbeat_timeout_s=10"]
 
 
-@pytest.mark.parametrize("method", ["icfm", "otcfm"])
-def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, method):
+# A teacher method trains its teacher first, in one process; both runs then read it.
+TEACHERS = {"nfm": ["--config.method=flow", "--config.flow.num_layers=2"], "reflow": ["--config.method=icfm"]}
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("icfm", []),
+    ("otcfm", []),
+    ("nfm", []),
+    ("reflow", ["--config.teacher.solver=euler", "--config.teacher.steps=4", "--config.teacher.precompute=300"]),
+], ids=["icfm", "otcfm", "nfm_in_step", "reflow_precomputed"])
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, method, extra):
+    if method in TEACHERS:
+        subprocess.run(train_cmd(tmp_path / "teacher", *TEACHERS[method]), env=env(1), check=True, timeout=300,
+                       capture_output=True)
+        extra = [*extra, f"--config.teacher.workdir={tmp_path / 'teacher'}"]
     single = tmp_path / "single"
-    subprocess.run(train_cmd(single, f"--config.method={method}"), env=env(4), check=True, timeout=300,
+    subprocess.run(train_cmd(single, f"--config.method={method}", *extra), env=env(4), check=True, timeout=300,
                    capture_output=True)
     multi, port = tmp_path / "multi", free_port()
-    procs = [subprocess.Popen(train_cmd(multi, f"--config.method={method}", *manual(port, 2, pid)), env=env(2),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    procs = [subprocess.Popen(train_cmd(multi, f"--config.method={method}", *extra, *manual(port, 2, pid)),
+                              env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in range(2)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]

@@ -10,11 +10,13 @@ Two teachers on N(0, I) -> `--target` (toy2d config, MLP 3 x 64): an I-CFM run f
 - "in step": the teacher maps every batch inside the jitted train step
   (`config.teacher.precompute = 0`): its cost is paid on every step;
 - "precomputed": `config.teacher.precompute = --pairs` maps that many pairs once before
-  training (timed on its own, compiled first), and the steps draw batches from them.
+  training (timed on its own, its compile included: the one-off cost a run pays), and the
+  steps draw batches from them.
 
 Per teacher it prints and writes: the student's steps/s both ways, the I-CFM step's beside them,
 the one-off seconds for the pairs, and the break-even training length, the number of steps
-after which precomputing has paid for itself: pairs_s / (1 / in_step - 1 / precomputed).
+after which precomputing has paid for itself: pairs_s / (1 / in_step - 1 / precomputed)
+(null, "never", when the precomputed steps are not faster).
 All figures come from this one run; writes the JSON and a markdown table (`.md`).
 """
 
@@ -49,9 +51,8 @@ def steps_per_s(config, workdir: pathlib.Path) -> float:
 
 
 def pairs_seconds(config, num: int) -> float:
-    """Seconds to precompute `num` pairs, the chunk function compiled first (one chunk)."""
+    """Seconds to precompute `num` pairs, as a run pays them once: compiling the teacher's map included."""
     coupling = teacher_coupling(config)
-    precompute_pairs(config, coupling, config.batch_size)
     start = time.perf_counter()
     precompute_pairs(config, coupling, num)
     return time.perf_counter() - start
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
             saved = 1 / in_step - 1 / precomputed
             rows[name] = {"icfm_steps_per_s": icfm, "in_step_steps_per_s": in_step,
                           "precomputed_steps_per_s": precomputed, "pairs": args.pairs, "pairs_seconds": seconds,
-                          "break_even_steps": seconds / saved if saved > 0 else float("inf")}
+                          "break_even_steps": seconds / saved if saved > 0 else None}
             print(name, {k: round(v, 3) for k, v in rows[name].items()}, flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
     out = pathlib.Path(args.out)
@@ -99,7 +100,7 @@ def markdown(rows: dict, machine: str, args) -> str:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['icfm_steps_per_s']:,.0f} | {r['in_step_steps_per_s']:,.0f} | "
                      f"{r['precomputed_steps_per_s']:,.0f} | {r['pairs']:,} | {r['pairs_seconds']:.2f} | "
-                     f"{r['break_even_steps']:,.0f} |")
+                     + ("never" if r["break_even_steps"] is None else f"{r['break_even_steps']:,.0f}") + " |")
     return "\n".join(lines) + "\n"
 
 

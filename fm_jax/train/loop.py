@@ -187,7 +187,7 @@ def build_engine(config: ml_collections.ConfigDict) -> Engine:
         config.method, config.sigma, config.source, ot_solver=config.ot_solver, label_dropout=dropout,
         null_label=null_label, beta=config.get("beta", 1.0),
         encode=model_method(config, "encode") if config.method == "fastode" else None,
-        teacher=teacher_coupling(config) if config.method in TEACHER_METHODS else None,
+        teacher=teacher_coupling(config, mesh) if config.method in TEACHER_METHODS else None,
         flow_noise=config.flow.noise if config.method == "flow" else 0.0,
     )
     group = coupling_group(config, mesh.devices.size)

@@ -75,10 +75,12 @@ def place(tree: Any, shardings: Any) -> Any:
     """Host values (the same on every process) laid out as global arrays with `shardings`.
 
     Unlike `jax.device_put`, this works when the mesh spans processes: each process fills
-    only the shards of its own devices.
+    only the shards of its own devices. Arrays already laid out so are returned as they are.
     """
 
     def leaf(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(leaf(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
         value = np.asarray(x)

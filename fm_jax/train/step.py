@@ -132,16 +132,17 @@ def make_train_step(
     # The step couples the batch itself (globally or per group), then regresses on the pairs.
     coupled = not isinstance(loss.coupling, Independent)
     step_loss = dataclasses.replace(loss, coupling=Independent())
-    # A teacher's parameters enter the jitted step as an argument (replicated), not as constants
-    # baked into the program: a large teacher would bloat and slow the compile otherwise.
+    # A teacher's parameters enter the jitted step as an argument, laid out on the mesh once, so
+    # that one compiled step serves any teacher of the same shapes; the step keeps no other copy.
     teacher = loss.coupling if isinstance(loss.coupling, TeacherCoupling) else None
+    unbound = loss.coupling if teacher is None else dataclasses.replace(teacher, params=None)
 
-    def one_step(coupling: Coupling, state: TrainState, batch: dict):
+    def one_step(pairing: Coupling, state: TrainState, batch: dict):
         k_pair, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
         if coupled and coupling_scope == "group":
-            batch = couple_in_groups(coupling, k_pair, batch, coupling_group, mesh)
+            batch = couple_in_groups(pairing, k_pair, batch, coupling_group, mesh)
         elif coupled:
-            batch = couple_global(coupling, k_pair, batch, mesh)
+            batch = couple_global(pairing, k_pair, batch, mesh)
         net = apply
         if dropout:
             net = functools.partial(apply, dropout_key=jax.random.fold_in(k_loss, DROPOUT_STREAM))
@@ -154,8 +155,8 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state, ema, state.key), value
 
     def steps(state: TrainState, batches: dict, teacher_params: Any = None):
-        coupling = loss.coupling if teacher is None else dataclasses.replace(teacher, params=teacher_params)
-        step = functools.partial(one_step, coupling)
+        pairing = unbound if teacher_params is None else dataclasses.replace(unbound, params=teacher_params)
+        step = functools.partial(one_step, pairing)
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             # One step per call runs outside a loop: XLA:CPU runs convolutions inside a while
             # loop ~20x slower than outside one (a U-Net step on 8x8 digits: 6.5 s vs 0.33 s),

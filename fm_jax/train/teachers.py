@@ -27,9 +27,11 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from fm_jax import couplings, data
 from fm_jax.train.methods import TEACHER_METHODS
+from fm_jax.train.sharding import place, replicated
 from fm_jax.train.state import model_method
 from fm_jax.train.workdir import load_run
 
@@ -92,12 +94,14 @@ def precompute_pairs(config: ml_collections.ConfigDict, coupling: couplings.Teac
     return {name: np.concatenate([p[name] for p in parts])[:num] for name in ("x0", "x1")}
 
 
-def teacher_coupling(config: ml_collections.ConfigDict) -> couplings.TeacherCoupling:
-    """The coupling of an "nfm" or "reflow" run, with the teacher's parameters (its EMA where it kept one)."""
+def teacher_coupling(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> couplings.TeacherCoupling:
+    """The coupling of an "nfm" or "reflow" run, with the teacher's parameters (its EMA where it kept
+    one), replicated on `mesh` when given (the one copy the run keeps)."""
     teacher_config(config)  # checked again: the coupling may be built without check_config
     run = load_run(config.teacher.workdir)
+    params = run.params if mesh is None else place(run.params, jax.tree.map(lambda _: replicated(mesh), run.params))
     if config.method == "nfm":
-        return couplings.nf_coupling(model_method(run.config, "forward"), run.params, run.config.flow.noise,
+        return couplings.nf_coupling(model_method(run.config, "forward"), params, run.config.flow.noise,
                                      run.config.flow.prior_std)
     t = config.teacher
-    return couplings.reflow_coupling(run.apply, run.params, t.direction, t.solver, t.steps or None, t.rtol, t.atol)
+    return couplings.reflow_coupling(run.apply, params, t.direction, t.solver, t.steps or None, t.rtol, t.atol)

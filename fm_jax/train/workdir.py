@@ -25,13 +25,13 @@ class Run(NamedTuple):
 
 
 def load_run(workdir: str | pathlib.Path) -> Run:
-    """The latest readable checkpoint of a workdir, on the default device."""
+    """The latest readable checkpoint of a workdir, on this process's first device."""
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").is_file() or not (workdir / CHECKPOINTS).is_dir():
         raise ValueError(f"{workdir} holds no trained model (no config.json and checkpoints/): run `fm-jax train` first.")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     apply, _, state = init_state(config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = Checkpoints(workdir, read_only=True).restore_latest(state, jax.tree.map(lambda _: device, state))
     if restored is None:
         raise ValueError(f"{workdir} holds no readable checkpoint: run `fm-jax train` (it resumes where it can).")
