@@ -4,6 +4,8 @@ import importlib
 import json
 import pathlib
 
+import pytest
+
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
 
 
@@ -39,9 +41,9 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
 def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     out = tmp_path / "distill.json"
-    importlib.import_module("distill_table").main([
-        "--tasks", "normal:moons", "--steps", "50", "--num", "200", "--num-nll", "100", "--etas", "0.1",
-        "--flow-layers", "2", "--out", str(out), "--plots", str(tmp_path / "plots")])
+    args = ["--tasks", "normal:moons", "--steps", "50", "--num", "200", "--num-nll", "100", "--etas", "0.1",
+            "--flow-layers", "2", "--out", str(out), "--plots", str(tmp_path / "plots"), "--keep", str(tmp_path / "runs")]
+    table = importlib.import_module("distill_table").main(args)
     rows = json.loads(out.read_text())["table"]["normal:moons"]
     assert list(rows) == ["icfm", "otcfm", "fastode", "reflow", "flow (eta=0.1)", "nfm (eta=0.1)"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
@@ -49,3 +51,15 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
     assert rows["flow (eta=0.1)"]["nfe"]["mean"] == 2 and rows["nfm (eta=0.1)"]["w2_euler:1"]["mean"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| reflow |" in md and "The NFM student beats its teacher flow" in md
+    # Run again with --keep after losing one model's measurements: the others are reused as they
+    # were, and the lost one is measured again from its finished run.
+    lost = tmp_path / "runs" / "normal_moons" / "seed0" / "fastode" / "distill_cell.json"
+    lost.unlink()
+    again = importlib.import_module("distill_table").main(args)
+    assert lost.is_file()
+    for name in rows:
+        for column in ("w2_euler:1", "w2_dopri5", "nfe"):
+            if name != "fastode":
+                assert again["normal:moons"][name][column] == table["normal:moons"][name][column]
+    assert again["normal:moons"]["fastode"]["w2_euler:1"]["mean"] == pytest.approx(
+        table["normal:moons"]["fastode"]["w2_euler:1"]["mean"], rel=1e-4)
