@@ -122,7 +122,6 @@ class DensityBatches(_DrawnBatches):
         return self._couple_on_host(batch)
 
 
-
 class PairBatches(_DrawnBatches):
     """Batches drawn on the devices, with replacement, from a fixed set of (x0, x1) pairs (a
     teacher's pairs computed once before training, `fm_jax.train.teachers.precompute_pairs`)."""
@@ -141,7 +140,6 @@ class PairBatches(_DrawnBatches):
 
     def __call__(self, key: jax.Array, first_step: int) -> dict:
         return self._sample(key, first_step)
-
 
 
 class ImageBatches(Batches):
