@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -180,3 +181,26 @@ def test_tensorboard_events_and_summary_match_the_jsonl_log(trained):
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["steps"] == 400 and summary["devices"] == 8 and summary["compile_s"] > 0
     assert summary["examples_per_s"] == pytest.approx(256 * summary["steps_per_s"])
+
+
+def test_steps_per_s_leaves_out_the_time_spent_writing_checkpoints(tmp_path, monkeypatch):
+    """A slow checkpoint write shows in checkpoint_s and the wall time, not in the steps' throughput."""
+    from fm_jax.train.checkpoints import Checkpoints
+
+    save, pause = Checkpoints.save, 1.0
+
+    def slow_save(self, *args):
+        time.sleep(pause)
+        save(self, *args)
+
+    monkeypatch.setattr(Checkpoints, "save", slow_save)
+    workdir = tmp_path / "run"
+    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), "--config.method=icfm",
+              "--config.num_steps=200", "--config.steps_per_call=50", "--config.log_every=100", "--config.checkpoint_every=100"])
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["checkpoint_s"] >= 2 * pause and summary["train_s"] > summary["checkpoint_s"]
+    assert summary["steps_per_s"] == pytest.approx(200 / (summary["train_s"] - summary["checkpoint_s"]))
+    # The log at step 200 comes after the save at step 100 and before its own: its rate leaves
+    # out one pause, which puts it above the rate over the wall time less both pauses.
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 200 and lines[-1]["steps_per_s"] > 200 / (summary["train_s"] - 2 * pause)

@@ -220,6 +220,16 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
+def _timed(total: list):
+    """Adds the seconds the block takes to total[0]."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        total[0] += time.perf_counter() - began
+
+
+@contextlib.contextmanager
 def _signals_caught(flag: list):
     """Turn SIGTERM/SIGINT into a request (`flag`) that the loop honours between calls."""
     if threading.current_thread() is not threading.main_thread():
@@ -277,7 +287,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     A checkpoint is written every `config.checkpoint_every` steps, at the end, and when SIGTERM
     or SIGINT arrives (then `Interrupted` is raised). The same command resumes a killed run and
     ends with the same parameters, bit for bit, as a run never interrupted. At the end,
-    `summary.json` holds the compile time and the throughput.
+    `summary.json` holds the compile time, the loop's wall time (`train_s`), the part of it
+    spent handing checkpoints over and waiting for the last one (`checkpoint_s`), and the
+    throughput of the steps themselves, `steps / (train_s - checkpoint_s)`.
     """
     distributed.initialize(config)
     check_config(config)
@@ -309,6 +321,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     compile_s = time.perf_counter() - began
 
     log, stop, losses, losses_from = MetricsLog(workdir) if primary else None, [], [], start_step
+    saving = [0.0]  # seconds spent in checkpoint writes, kept out of the steps/s
     bar = tqdm(total=config.num_steps, initial=start_step, disable=not (progress and primary), unit="step",
                dynamic_ncols=True)
     began = time.perf_counter()
@@ -331,7 +344,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 if log_now or save_now:
                     _check_finite(losses, losses_from, checkpoints)
                 if log_now:
-                    rate = (step - start_step) / (time.perf_counter() - began)
+                    rate = (step - start_step) / (time.perf_counter() - began - saving[0])
                     mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
                     losses, losses_from = [], step
                     bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}",
@@ -339,7 +352,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     if log:
                         log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
-                    checkpoints.save(state, step, engine.batches.position(step))
+                    with _timed(saving):
+                        checkpoints.save(state, step, engine.batches.position(step))
                 if stop:
                     raise Interrupted(
                         f"{stop[0]} at step {step}: the state is saved in {checkpoints.directory}; "
@@ -349,13 +363,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         bar.close()
         if log:
             log.close()
-        checkpoints.wait()
+        with _timed(saving):
+            checkpoints.wait()
         checkpoints.close()
     seconds = time.perf_counter() - began
+    stepping = seconds - saving[0]
     summary = {
         "steps": config.num_steps - start_step, "devices": int(engine.mesh.devices.size), "compile_s": compile_s,
-        "train_s": seconds, "steps_per_s": (config.num_steps - start_step) / seconds,
-        "examples_per_s": (config.num_steps - start_step) * config.batch_size / seconds,
+        "train_s": seconds, "checkpoint_s": saving[0], "steps_per_s": (config.num_steps - start_step) / stepping,
+        "examples_per_s": (config.num_steps - start_step) * config.batch_size / stepping,
     }
     if primary:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
