@@ -33,6 +33,8 @@ def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkey
     (row,) = json.loads(out.read_text())["rows"]
     # ExactOT reaches SciPy's optimum; an entropic plan cannot beat it.
     assert abs(row["exact_gap"]) < 1e-5 and row["sinkhorn_gap"] > -1e-6
+    # POT's Sinkhorn at the same ε solves the same entropic problem: its plan costs the same.
+    assert row["pot_sinkhorn_s"] > 0 and abs(row["pot_sinkhorn_gap"] - row["sinkhorn_gap"]) < 0.01
     assert "| 16 | 2 |" in (tmp_path / "couplings.md").read_text()
 
 
