@@ -11,10 +11,11 @@ paper) and step budget, on the same densities (fm_jax's 8 Gaussians and moons fo
 torchcfm's definitions). torchcfm runs its tutorial loop: draw x0 and x1, the matcher's
 `sample_location_and_conditional_flow` (its OT-CFM and SB-CFM solve the minibatch plan with
 POT on the host), forward, MSE, backward, Adam step, with torch on 1 thread (`--torch-threads`;
-its fastest setting on 2 cores). fm_jax runs `fm_jax.train.train` with
-the toy2d config. Steps/s excludes compilation and checkpoint writes (fm_jax), a 20-step
-warm-up (torch), and a first short run of each side that warms the process and is not reported. W2 is exact, between `--num` samples of each model's flow (Dopri5, rtol =
-atol = 1e-4: torchdiffeq's `odeint` for torch, Diffrax for fm_jax) and fresh target samples.
+its fastest setting on 2 cores). fm_jax runs `fm_jax.train.train` with the toy2d config.
+Steps/s excludes compilation and checkpoint writes (fm_jax), a 20-step warm-up (torch), and
+a first short run of each side that warms the process and is not reported. W2 is exact,
+between `--num` samples of each model's flow (Dopri5, rtol = atol = 1e-4: torchdiffeq's
+`odeint` for torch, Diffrax for fm_jax) and fresh target samples.
 Each (task, method) runs `--seeds` seeds; "summary" holds the mean and standard deviation
 over seeds of both sides' steps/s, their ratio and W2.
 """
