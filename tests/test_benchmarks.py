@@ -112,3 +112,16 @@ def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path
         saved = 1 / r["in_step_steps_per_s"] - 1 / r["precomputed_steps_per_s"]
         assert r["break_even_steps"] == (r["pairs_seconds"] / saved if saved > 0 else None)
     assert "| nfm (RealNVP) |" in out.with_suffix(".md").read_text()
+
+
+def test_teacher_cost_bench_reports_never_when_precomputing_does_not_pay(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = importlib.import_module("teacher_cost")
+    # Precomputed steps no faster than in-step ones: no number of steps pays for the pairs.
+    monkeypatch.setattr(bench, "steps_per_s", lambda config, workdir: 100.0)
+    monkeypatch.setattr(bench, "pairs_seconds", lambda config, num: 1.0)
+    out = tmp_path / "teacher_cost.json"
+    bench.main(["--steps", "20", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["break_even_steps"] is None for r in rows.values())
+    assert "| 1.00 | never |" in out.with_suffix(".md").read_text()

@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
             rows[name] = {"icfm_steps_per_s": icfm, "in_step_steps_per_s": in_step,
                           "precomputed_steps_per_s": precomputed, "pairs": args.pairs, "pairs_seconds": seconds,
                           "break_even_steps": seconds / saved if saved > 0 else None}
-            print(name, {k: round(v, 3) for k, v in rows[name].items()}, flush=True)
+            print(name, {k: v if v is None else round(v, 3) for k, v in rows[name].items()}, flush=True)  # None: never
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
