@@ -146,9 +146,9 @@ def plot(workdir: pathlib.Path, png: pathlib.Path, seed: int) -> None:
 
 def run_task_seed(task: str, seed: int, args) -> dict:
     """Every model of one task and seed: {row name: metrics}."""
-    w2_sq = None if data.is_image_spec(task) else reference_w2_sq(*task.split(":"), args.num, seed=1000 + seed)
-    cells = {}
     images = data.is_image_spec(task)
+    w2_sq = None if images else reference_w2_sq(*task.split(":"), args.num, seed=1000 + seed)
+    cells = {}
     with contextlib.ExitStack() as stack:
         if args.keep:
             root = pathlib.Path(args.keep) / "".join(c if c.isalnum() else "_" for c in task) / f"seed{seed}"
