@@ -46,6 +46,9 @@ from fm_jax.gaussian import GaussianFlow
 
 # Methods whose velocity gives the score: a Gaussian path with x0 ~ N(0, I) drawn independently of x1.
 SCORE_METHODS = ("icfm", "fm", "fm_vp", "si")
+# `fm-jax train` stopped by SIGTERM/SIGINT with its state saved: rerun the same command to resume
+# (EX_TEMPFAIL of sysexits.h; a config error exits 1, a kill before the first step 143).
+EXIT_RESUMABLE = 75
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun", "ralston", "bosh3", "tsit5", "dopri5", "dopri8")
 ADAPTIVE_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
 
@@ -146,7 +149,10 @@ def train(args: argparse.Namespace) -> None:
     try:
         config = apply_overrides(load_config(args.config), parse_overrides(args.overrides))
         state = run_training(config, args.workdir)
-    except (ValueError, FloatingPointError, Interrupted) as err:
+    except Interrupted as err:  # stopped and saved: a distinct exit code says the run can resume
+        print(str(err), file=sys.stderr)
+        raise SystemExit(EXIT_RESUMABLE) from None
+    except (ValueError, FloatingPointError) as err:
         raise SystemExit(str(err)) from None
     if jax.process_index() != 0:
         return
@@ -178,6 +184,8 @@ def sample(args: argparse.Namespace) -> None:
     if args.diffusion is None:
         try:
             solvers.get_solver(args.solver)
+            if args.steps is None:
+                solvers.check_adaptive(args.solver)
         except ValueError as err:
             raise SystemExit(str(err)) from None
     else:
@@ -331,6 +339,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             parse_solver(spec)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    if args.num is not None and args.num < 2:
+        raise SystemExit(f"--num must be at least 2 (W2 and MMD compare sample sets), got {args.num}.")
     run = _load(args.workdir)
     if is_image_run(run):
         return _evaluate_images(args, run)

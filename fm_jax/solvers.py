@@ -47,6 +47,7 @@ __all__ = [
     "SDE_SOLVERS",
     "Solution",
     "calls_per_step",
+    "check_adaptive",
     "encode",
     "get_solver",
     "sample",
@@ -87,6 +88,15 @@ def get_solver(solver: str | diffrax.AbstractSolver) -> diffrax.AbstractSolver:
     if not isinstance(solver, str) or solver.lower() not in names:
         raise ValueError(f"Unknown solver {solver!r}; choose one of {sorted(names)} or pass a diffrax solver.")
     return names[solver.lower()]()
+
+
+def check_adaptive(solver: str | diffrax.AbstractSolver) -> None:
+    """Raise a ValueError unless the solver has an error estimate (can take rtol/atol steps)."""
+    solver = get_solver(solver)
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver) or solver.error_order(None) is None:
+        name = type(solver).__name__
+        raise ValueError(f"{name} has no error estimate: give it a number of steps ({name.lower()}:N, or "
+                         "--steps N), or use an adaptive solver such as 'dopri5'.")
 
 
 def velocity_field(
@@ -180,8 +190,7 @@ def sample(
         controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / int(steps)
         max_steps = int(steps)  # so that a saved trajectory has exactly steps + 1 states
     else:
-        if not isinstance(solver, diffrax.AbstractAdaptiveSolver) or solver.error_order(None) is None:
-            raise ValueError(f"{type(solver).__name__} has no error estimate: use steps=N, or an adaptive solver such as 'dopri5'.")
+        check_adaptive(solver)
         rtol = 1e-5 if rtol is None else rtol
         atol = 1e-5 if atol is None else atol
         # An explicit first step (PID control grows it up to 10x a step): Diffrax's automatic

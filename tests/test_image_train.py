@@ -39,7 +39,7 @@ def params_of(state):
 def test_an_interrupted_image_run_resumes_on_the_same_examples(data_dir, tmp_path):
     whole = train(image_config(data_dir), tmp_path / "whole", progress=False)
     train(image_config(data_dir, num_steps=10), tmp_path / "halves", progress=False)
-    _, step, position = Checkpoints(tmp_path / "halves", read_only=True).restore_latest(
+    _, step, position, _ = Checkpoints(tmp_path / "halves", read_only=True).restore_latest(
         whole, jax.tree.map(lambda x: x.sharding, whole))
     assert step == 10 and position != {"step": 10}  # the grain iterator's state, not just the step
     resumed = train(image_config(data_dir), tmp_path / "halves", progress=False)

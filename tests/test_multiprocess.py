@@ -6,6 +6,7 @@ of `fm-jax train` with a timeout; nothing runs in the pytest process."""
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -92,6 +93,41 @@ def test_a_peer_that_dies_mid_run_fails_the_other_within_the_heartbeat_timeout(t
     procs[1].kill()  # training is under way: process 1 dies
     killed = time.monotonic()
     procs[1].communicate()
-    procs[0].communicate(timeout=120)  # a hang would raise TimeoutExpired here
+    _, err = procs[0].communicate(timeout=120)  # a hang would raise TimeoutExpired here
     assert procs[0].returncode != 0
+    # Said before the abort (which no Python code can catch): what happened and how to go on.
+    assert "process 0 of 2. If a process dies" in err and "run the same command on every process to resume" in err
     assert time.monotonic() - killed < 90
+
+
+@pytest.mark.parametrize("apart", [0.0, 1.5, 5.0], ids=["same_instant", "1.5s_apart", "5s_apart"])
+def test_staggered_sigterm_stops_every_process_at_one_saved_step(tmp_path, apart):
+    """A pod's hosts get SIGTERM at different moments (or only one does): the processes agree
+    after each part of a call, save the same step and exit as resumable (75) within seconds."""
+    workdir, port = tmp_path / "run", free_port()
+    long_run = ["--config.num_steps=1000000", "--config.checkpoint_every=0", "--config.log_every=100"]
+    procs = [subprocess.Popen(train_cmd(workdir, *manual(port, 2, pid), *long_run), env=env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    try:
+        deadline = time.monotonic() + 180
+        while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the run never started"
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)
+        time.sleep(apart)
+        if procs[0].poll() is None:
+            procs[0].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=60)[1] for p in procs]  # a hang raises TimeoutExpired
+        seconds = time.monotonic() - signalled
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 75, errs[1][-3000:]
+    # Process 0 stops with it; a SIGTERM that comes after it has saved and left its loop may end it (143).
+    assert procs[0].returncode in (75, -signal.SIGTERM), errs[0][-3000:]
+    steps = {int(err.split(" at step ")[1].split(":")[0]) for err in errs if " at step " in err}
+    assert len(steps) == 1, errs
+    stopped = steps.pop()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped]
+    assert seconds < apart + 30

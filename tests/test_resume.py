@@ -67,17 +67,14 @@ def logged(workdir) -> dict[int, float]:
     return {line["step"]: line["loss"] for line in lines}
 
 
-def assert_same_run(workdir, reference, stopped: int):
+def assert_same_run(workdir, reference):
     step, params = final_state(workdir)
     ref_step, ref_params = final_state(reference)
     assert step == ref_step == 1600
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
         np.testing.assert_array_equal(a, b)  # bit for bit
-    # One line per 100 steps. A log window cut by the stop is averaged over its resumed part only.
-    ours, theirs = logged(workdir), logged(reference)
-    assert sorted(ours) == sorted(theirs)
-    cut = -(-stopped // 100) * 100
-    assert {s: v for s, v in ours.items() if s != cut} == {s: v for s, v in theirs.items() if s != cut}
+    # One line per 100 steps, the same means bit for bit: the window the stop cut was checkpointed.
+    assert logged(workdir) == logged(reference)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -86,7 +83,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, uninterrupted, sig):
     code, err = interrupt(workdir, sig, after_step=400)
     if sig == signal.SIGTERM:
         # Stopped between calls with a checkpoint of the step it reached, and said how to go on.
-        assert code == 1 and "SIGTERM at step" in err and "run the same command to resume" in err
+        assert code == 75 and "SIGTERM at step" in err and "run the same command to resume" in err
         stopped = int(err.split("SIGTERM at step ")[1].split(":")[0])
         assert finished_steps(workdir)[-1] == stopped
     else:
@@ -94,7 +91,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, uninterrupted, sig):
     stopped = finished_steps(workdir)[-1]
     assert stopped < 1600
     subprocess.run(command(workdir), check=True, timeout=300, capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert_same_run(workdir, uninterrupted, stopped)
+    assert_same_run(workdir, uninterrupted)
 
 
 def short_config(**fields):
@@ -109,7 +106,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     for f in (tmp_path / "checkpoints" / "60").rglob("*"):
         if f.is_file():
             f.write_bytes(b"damaged")
-    with pytest.warns(RuntimeWarning, match=r"checkpoints/60 cannot be read .* falling back"):
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/60 is damaged .* using step 40"):
         run = fm.train.load_run(tmp_path)
     assert run.step == 40
 
@@ -120,7 +117,7 @@ def test_a_checkpoint_from_8_devices_restores_on_1_and_4(tmp_path):
     for devices, layout in [(1, "replicated"), (4, "fsdp")]:
         engine = build_engine(short_config(**{"mesh.num_devices": devices, "mesh.param_layout": layout}))
         shardings = jax.tree.map(lambda x: x.sharding, engine.state)
-        state, step, position = Checkpoints(tmp_path, read_only=True).restore_latest(engine.state, shardings)
+        state, step, position, _ = Checkpoints(tmp_path, read_only=True).restore_latest(engine.state, shardings)
         assert position == {"step": 60}
         assert step == 60
         for leaf, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):

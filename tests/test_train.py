@@ -62,14 +62,19 @@ def test_bad_config_fails_before_anything_is_written(tmp_path, extra, message):
     assert not workdir.exists()
 
 
+def run_files(workdir) -> dict:
+    """Every file of a run but its lock (which names the last process to hold it)."""
+    return {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != "lock"}
+
+
 def test_a_finished_or_different_run_is_never_overwritten(trained):
-    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    before = run_files(trained)
     with pytest.raises(SystemExit, match=r"already holds a trained model \(step 400\)"):
         cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT])
     with pytest.raises(SystemExit, match=r"holds a run with another config \(learning_rate differ\)"):
         cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT, "--config.target=8gaussians",
                   "--config.ema_decay=0.5", "--config.num_steps=800", "--config.learning_rate=1e-2"])
-    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+    assert run_files(trained) == before
 
 
 def test_methods_are_the_published_path_and_coupling_pairs():

@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the same command resumes a killed run.
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
+    # A train call is cut into parts of about this many seconds, so that SIGTERM is saved within
+    # it plus one step whatever steps_per_call is (the same numbers, bit for bit; 0: never cut).
+    config.max_call_s = 5.0
     config.seed = 0
     # Devices and layout (fm_jax.train.sharding, fm_jax.train.step): 0 devices = all visible;
     # params "replicated" (data parallel) or "fsdp"; couple the "global" batch or each "group"

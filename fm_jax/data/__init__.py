@@ -11,6 +11,7 @@ log-densities `(n, d) -> (n,)` for the toy densities and "normal" (None for poin
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, NamedTuple
 
 import jax
@@ -18,7 +19,7 @@ import jax
 from fm_jax.data import points, toy2d
 from fm_jax.likelihood import standard_normal_log_prob
 
-__all__ = ["IMAGE_PREFIX", "Density", "densities", "image_name", "is_image_spec", "points", "toy2d"]
+__all__ = ["IMAGE_PREFIX", "Density", "densities", "fingerprint", "image_name", "is_image_spec", "points", "toy2d"]
 
 IMAGE_PREFIX = "tfds:"
 
@@ -74,3 +75,18 @@ def densities(source: str, target: str) -> tuple[Density, Density]:
             "flows map between spaces of one dimension."
         )
     return src, tgt
+
+
+def fingerprint(spec: str, data_dir: str | None = None) -> dict | None:
+    """What identifies the data a spec names, to tell a resumed run that it changed: the SHA-256
+    and shape of a point file, the version and files of a prepared image dataset; None for the
+    built-in densities (the code defines them)."""
+    if is_image_spec(spec):
+        from fm_jax.data import images
+
+        return images.fingerprint(image_name(spec), data_dir)
+    if points.is_file_spec(spec):
+        path = points.file_path(spec)
+        return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "shape": list(points.load_points(path).shape)}
+    return None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "OFFLINE",
     "ImageInfo",
     "batches",
+    "fingerprint",
     "default_data_dir",
     "image_grid",
     "info",
@@ -487,6 +489,22 @@ def info(name: str, data_dir: str | None = None) -> ImageInfo:
     `num_classes` counts the classes of its "label" ClassLabel feature (0 when there is none).
     """
     return _open(name, data_dir)[0]
+
+
+def fingerprint(name: str, data_dir: str | None = None) -> dict:
+    """What identifies the prepared data of `name`: its version folder, the SHA-256 of its
+    dataset_info.json (version, split sizes, shard lengths) and the bytes of its record files.
+    A dataset rebuilt or replaced under the same name gets another fingerprint."""
+    root = _data_dir(data_dir)
+    path = _version_dir(name, root)
+    if path is None:
+        raise _missing(name, root)
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name != "dataset_info.json")
+    return {
+        "dataset": str(path.relative_to(root)),
+        "dataset_info_sha256": hashlib.sha256((path / "dataset_info.json").read_bytes()).hexdigest(),
+        "bytes": sum(f.stat().st_size for f in files),
+    }
 
 
 def _source(builder: Any, meta: ImageInfo, split: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import zipfile
 from typing import Callable
 
 import jax
@@ -48,14 +49,20 @@ def load_points(path: str | pathlib.Path) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime_ns: int) -> np.ndarray:
     del mtime_ns  # part of the cache key only: a rewritten file is read again
-    if path.endswith(".npz"):
-        with np.load(path) as archive:
-            keys = list(archive.keys())
-            if "x" not in keys and len(keys) != 1:
-                raise ValueError(f"{path} holds the arrays {keys}: save the points under the key 'x'.")
-            points = archive["x" if "x" in keys else keys[0]]
-    else:
-        points = np.load(path, allow_pickle=False)
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if "x" not in keys and len(keys) != 1:
+                    raise ValueError(f"{path} holds the arrays {keys}: save the points under the key 'x'.")
+                points = archive["x" if "x" in keys else keys[0]]
+        else:
+            points = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        if str(err).startswith(path):
+            raise
+        raise ValueError(f"{path} is not a readable {pathlib.Path(path).suffix} file ({err}): save the points "
+                         "with numpy.save or numpy.savez.") from None
     if points.ndim != 2 or points.shape[0] < 2:
         raise ValueError(f"{path} holds an array of shape {points.shape}: save N >= 2 points as an (N, d) array.")
     if not np.issubdtype(points.dtype, np.number) or np.issubdtype(points.dtype, np.complexfloating):

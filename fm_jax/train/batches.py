@@ -200,15 +200,17 @@ class ImageBatches(Batches):
         return self._prepare_sharded(key, first_step, image, label)
 
     def position(self, step: int) -> dict:
+        """The iterator state before the call holding `step` was read (a stop may cut a call)."""
         if step == self._next:
             return self._iterator.get_state()
+        step -= step % self.calls
         if step not in self._positions:
             raise RuntimeError(f"No data position recorded for step {step} (the next batches are for step {self._next}).")
         return self._positions[step]
 
     def restore(self, position: dict, step: int) -> None:
         self._iterator.set_state(position)
-        self._next, self._positions = step, {}
+        self._next, self._positions = step - step % self.calls, {}
 
 
 def make_batches(

@@ -14,10 +14,13 @@ the config, logs and summary, and all of them write their shards of each checkpo
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import ml_collections
+import numpy as np
 
-__all__ = ["MODES", "initialize", "is_primary"]
+__all__ = ["MODES", "agree", "initialize", "is_primary"]
 
 MODES = ("off", "auto", "manual")
 
@@ -32,6 +35,8 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     timeouts = {"initialization_timeout": d.init_timeout_s, "heartbeat_timeout_seconds": d.heartbeat_timeout_s}
     if d.mode == "auto":
         jax.distributed.initialize(**timeouts)
+        if jax.process_count() > 1:
+            _announce(d.heartbeat_timeout_s)
         return
     if not d.coordinator or not 0 <= d.process_id < d.num_processes:
         raise ValueError(
@@ -39,8 +44,35 @@ def initialize(config: ml_collections.ConfigDict) -> None:
             f"coordinator={d.coordinator!r}, process_id={d.process_id}, num_processes={d.num_processes}."
         )
     jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id, **timeouts)
+    _announce(d.heartbeat_timeout_s)
+
+
+def _announce(heartbeat_timeout_s: int) -> None:
+    """Say, before anything can fail, what a dead peer does and how to go on: JAX's distributed
+    service (or gloo) ends the other processes at once from C++ (an abort no Python code can
+    catch), and its message names the failed task but not what to do next."""
+    print(
+        f"fm-jax: process {jax.process_index()} of {jax.process_count()}. If a process dies, JAX ends the "
+        f"others within {heartbeat_timeout_s} s (its message names the failed task); then run the same "
+        "command on every process to resume from the last checkpoint.",
+        file=sys.stderr, flush=True,
+    )
 
 
 def is_primary() -> bool:
     """Whether this process writes the run's shared files (config, logs, summary)."""
     return jax.process_index() == 0
+
+
+def agree(stop: bool, count: int) -> tuple[bool, int]:
+    """(whether any process was asked to stop, process 0's `count`), the same on every process.
+
+    Called after each part of a train call: a pod's hosts get SIGTERM at different moments,
+    and a process that stopped alone would leave the others waiting in the next step's
+    collectives. One small all-gather; nothing with one process."""
+    if jax.process_count() == 1:
+        return stop, count
+    from jax.experimental import multihost_utils
+
+    rows = np.asarray(multihost_utils.process_allgather(np.asarray([int(stop), count], np.int32)))
+    return bool(rows[:, 0].any()), int(rows[0, 1])

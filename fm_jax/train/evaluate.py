@@ -27,6 +27,8 @@ def parse_solver(spec: str) -> tuple[str, int | None]:
     solvers.get_solver(name)
     if steps and (not steps.isdigit() or int(steps) < 1):
         raise ValueError(f"Bad solver {spec!r}: write NAME for adaptive steps or NAME:STEPS, e.g. euler:100.")
+    if not steps:
+        solvers.check_adaptive(name)
     return name, int(steps) if steps else None
 
 

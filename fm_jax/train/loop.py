@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -35,11 +36,15 @@ from fm_jax.losses import CFMLoss
 from fm_jax.train import distributed, sharding
 from fm_jax.train.batches import Batches, make_batches
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
+from fm_jax.train.lock import workdir_lock
 from fm_jax.train.metrics_log import MetricsLog
 from fm_jax.train.methods import TEACHER_METHODS, build_loss, check_method
-from fm_jax.train.state import TrainState, image_info, init_state, model_method, num_classes, uses_dropout
+from fm_jax.train.state import (TrainState, build_module, checkpoint_tree, image_info, init_state, model_method, num_classes,
+                                uses_dropout)
 from fm_jax.train.teachers import check_teacher, precompute_pairs, teacher_coupling
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, TrainSteps, make_train_step
+
+DATA_FINGERPRINTS = "data.json"  # what identifies the run's data (`fm_jax.data.fingerprint`)
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
 
@@ -80,6 +85,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     else:
         data.densities(config.source, config.target)  # names, point files (shape, NaN) and dimensions
     check_method(config.method, config.source)
+    if not (config.sigma >= 0 and math.isfinite(config.sigma)):
+        raise ValueError(f"config.sigma must be >= 0 (the path's noise scale), got {config.sigma}.")
+    if not config.get("max_call_s", 5.0) >= 0:
+        raise ValueError(f"config.max_call_s must be >= 0 (0 never cuts a train call), got {config.max_call_s}.")
+    nnx.eval_shape(lambda: build_module(config))  # the model's settings, checked without building weights
     if config.method in ("fastode", "flow", *TEACHER_METHODS):
         _check_learned_coupling(config)
     else:
@@ -245,34 +255,63 @@ def _signals_caught(flag: list):
             signal.signal(sig, handler)
 
 
-def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """A new workdir gets the config; an existing one must hold the same run. num_steps may
-    grow (training goes on), and the mesh and processes may change (a run saved on 8 devices
-    resumes on 4)."""
+def _check_not_finished(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """A workdir whose newest intact checkpoint is at num_steps or later is never touched.
+    (A damaged final checkpoint does not count: the run then resumes from the one before.)"""
+    if (workdir / CHECKPOINTS).exists():
+        checkpoints = Checkpoints(workdir, read_only=True)
+        done = [s for s in checkpoints.steps() if s >= config.num_steps]
+        saved = workdir / "config.json"
+        like = lambda: checkpoint_tree(init_state(ml_collections.ConfigDict(json.loads(saved.read_text())))[2])
+        if done and saved.is_file() and checkpoints.intact(done[-1], jax.eval_shape(like)):
+            raise ValueError(
+                f"{workdir} already holds a trained model (step {done[-1]}): pass a new --workdir, "
+                "or a larger --config.num_steps to train on (nothing was changed)."
+            )
+
+
+def _check_same_run(config: ml_collections.ConfigDict, fingerprints: dict, workdir: pathlib.Path) -> None:
+    """An existing workdir must hold the same run, on the same data. num_steps may grow
+    (training goes on), and the mesh and processes may change (a run saved on 8 devices
+    resumes on 4). Reads only: nothing is written before the run starts."""
     saved = workdir / "config.json"
-    if not saved.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(config.to_json(indent=1))
-        return
-    old = json.loads(saved.read_text())
-    new = json.loads(config.to_json())
-    differ = sorted(
-        k for k in set(old) | set(new) if k not in ("num_steps", "mesh", "distributed") and old.get(k) != new.get(k)
-    )
-    if differ:
-        raise ValueError(
-            f"{workdir} holds a run with another config ({', '.join(differ)} differ): pass a new --workdir, "
-            "or the same config to resume it (nothing was changed)."
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        new = json.loads(config.to_json())
+        differ = sorted(
+            k for k in set(old) | set(new) if k not in ("num_steps", "mesh", "distributed") and old.get(k) != new.get(k)
         )
-    saved.write_text(config.to_json(indent=1))  # a longer num_steps extends the run
+        if differ:
+            raise ValueError(
+                f"{workdir} holds a run with another config ({', '.join(differ)} differ): pass a new --workdir, "
+                "or the same config to resume it (nothing was changed)."
+            )
+    recorded = workdir / DATA_FINGERPRINTS
+    if recorded.exists():
+        old = json.loads(recorded.read_text())
+        for field in ("source", "target"):
+            if old.get(field) != fingerprints[field]:
+                raise ValueError(
+                    f"The {field} data {config[field]!r} changed since this run started (recorded "
+                    f"{_describe(old.get(field))}, now {_describe(fingerprints[field])}): put the original data "
+                    "back to resume, or train into a new --workdir (nothing was changed)."
+                )
 
 
-def _check_finite(losses: list, first_step: int, checkpoints: Checkpoints) -> None:
+def _describe(fingerprint: dict | None) -> str:
+    if not fingerprint:
+        return "none"
+    if "sha256" in fingerprint:
+        return f"shape {tuple(fingerprint['shape'])}, sha256 {fingerprint['sha256'][:12]}"
+    return f"{fingerprint['dataset']}, {fingerprint['bytes']} bytes, info sha256 {fingerprint['dataset_info_sha256'][:12]}"
+
+
+def _check_finite(values: np.ndarray, first_step: int, checkpoints: Checkpoints) -> None:
     """Stop at a NaN/Inf loss, naming its step and the last good checkpoint, which is kept."""
-    values = np.concatenate([np.asarray(v) for v in losses])
     bad = ~np.isfinite(values)
     if bad.any():
         at = first_step + int(np.argmax(bad)) + 1
+        checkpoints.wait()
         kept = checkpoints.steps()
         last = f"the last good checkpoint is step {kept[-1]} in {checkpoints.directory}" if kept else "no checkpoint was written"
         raise FloatingPointError(
@@ -281,91 +320,140 @@ def _check_finite(losses: list, first_step: int, checkpoints: Checkpoints) -> No
         )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> TrainState:
-    """Train into a new workdir, or resume the run in it from its last checkpoint; returns the final state.
+class _Pacer:
+    """How many steps the next part of a call runs, so that one part takes about `max_s`
+    seconds at most (a stop is honoured between parts). The first part of a run is one step,
+    which measures the step; 0 never cuts a call."""
 
-    A checkpoint is written every `config.checkpoint_every` steps, at the end, and when SIGTERM
-    or SIGINT arrives (then `Interrupted` is raised). The same command resumes a killed run and
-    ends with the same parameters, bit for bit, as a run never interrupted. At the end,
-    `summary.json` holds the compile time, the loop's wall time (`train_s`), the part of it
-    spent handing checkpoints over and waiting for the last one (`checkpoint_s`), and the
-    throughput of the steps themselves, `steps / (train_s - checkpoint_s)`.
+    def __init__(self, max_s: float):
+        self.max_s, self.per_step = max_s, None
+
+    def count(self, left: int) -> int:
+        if self.max_s <= 0:
+            return left
+        if self.per_step is None:
+            return 1
+        return max(1, min(left, int(self.max_s / max(self.per_step, 1e-9))))
+
+    def measured(self, seconds: float, count: int) -> None:
+        self.per_step = seconds / count
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> TrainState:
+    """Train into a new workdir, or resume the run in it from its last intact checkpoint; returns the final state.
+
+    The run holds the workdir's lock (`fm_jax.train.lock`) and writes nothing there before
+    every check has passed and the state is built. A checkpoint is written every
+    `config.checkpoint_every` steps, at the end, and when SIGTERM or SIGINT arrives (then
+    `Interrupted` is raised): all processes agree, after each part of a call, whether any of
+    them was asked to stop, and a call is cut into parts of about `config.max_call_s` seconds,
+    so a stop is saved within that plus one step, whatever `steps_per_call` is. The same
+    command resumes a killed run and ends with the same parameters and the same logged
+    losses, bit for bit, as a run never interrupted. A damaged checkpoint is moved aside and
+    the one before used (`fm_jax.train.checkpoints`); data that changed under the same name
+    is refused. At the end, `summary.json` holds the compile time, the loop's wall time
+    (`train_s`), the part of it spent handing checkpoints over and waiting for the last one
+    (`checkpoint_s`), and the throughput of the steps themselves, `steps / (train_s - checkpoint_s)`.
     """
     distributed.initialize(config)
     check_config(config)
     workdir = pathlib.Path(workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir} is a file, not a directory: pass a directory (nothing was changed).")
     config = with_absolute_files(config)
     primary = distributed.is_primary()
-    if (workdir / CHECKPOINTS).exists():
-        done = Checkpoints(workdir, read_only=True).steps()
-        if done and done[-1] >= config.num_steps:
-            raise ValueError(
-                f"{workdir} already holds a trained model (step {done[-1]}): pass a new --workdir, "
-                "or a larger --config.num_steps to train on (nothing was changed)."
-            )
-    if primary:
-        _prepare_workdir(config, workdir)
+    data_dir = (config.data.dir or None) if "data" in config else None
+    fingerprints = {field: data.fingerprint(config[field], data_dir) for field in ("source", "target")}
+    with workdir_lock(workdir, primary):
+        _check_not_finished(config, workdir)
+        _check_same_run(config, fingerprints, workdir)
+        engine = build_engine(config)
+        checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, primary=primary)
+        try:
+            return _run(config, workdir, engine, checkpoints, fingerprints, primary, progress)
+        finally:  # a checkpoint still being written is finished, whatever stopped the run
+            checkpoints.wait()
+            checkpoints.close()
 
-    engine = build_engine(config)
-    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+
+def _run(config, workdir, engine: Engine, checkpoints: Checkpoints, fingerprints: dict, primary: bool,
+         progress: bool) -> TrainState:
     restored = checkpoints.restore_latest(engine.state, jax.tree.map(lambda x: x.sharding, engine.state))
     state, start_step = (engine.state, 0) if restored is None else restored[:2]
-    if restored is not None:
-        engine.batches.restore(restored[2], start_step)
-    if primary:
-        MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
+    if start_step >= config.num_steps:
+        raise ValueError(
+            f"{workdir} already holds a trained model (step {start_step}): pass a new --workdir, "
+            "or a larger --config.num_steps to train on (nothing was changed)."
+        )
     k, data_key = config.steps_per_call, engine.data_key
-    batches = engine.batches(data_key, start_step)
+    first = start_step - start_step % k  # a stop may have cut a call: resume inside it
+    # The losses of the log window the checkpoint cut, so the window's mean does not depend on the cut.
+    losses = [np.asarray(restored.log.get("losses", []), np.float32)] if restored is not None else []
+    if restored is not None:
+        engine.batches.restore(restored.data, start_step)
+    if primary:  # the run starts: its config, data fingerprints and log are written from here on
+        (workdir / "config.json").write_text(config.to_json(indent=1))
+        (workdir / DATA_FINGERPRINTS).write_text(json.dumps(fingerprints, indent=1))
+        MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
+    batches = engine.batches(data_key, first)
     began = time.perf_counter()
     steps = engine.steps.compile(state, batches)  # compiled once, ahead of the loop
     compile_s = time.perf_counter() - began
 
-    log, stop, losses, losses_from = MetricsLog(workdir) if primary else None, [], [], start_step
+    log, stop, pacer = MetricsLog(workdir) if primary else None, [], _Pacer(config.get("max_call_s", 5.0))
     saving = [0.0]  # seconds spent in checkpoint writes, kept out of the steps/s
     bar = tqdm(total=config.num_steps, initial=start_step, disable=not (progress and primary), unit="step",
                dynamic_ncols=True)
-    began = time.perf_counter()
+    step, pace, began = start_step, pacer.count(k), time.perf_counter()
     try:
         with _signals_caught(stop):
-            for first in range(start_step, config.num_steps, k):  # steps counted on the host: no sync per call
-                state, values = steps(state, batches)
-                step = first + k
-                if step < config.num_steps:  # prepared while the devices run this call
-                    batches = engine.batches(data_key, step)
+            while step < config.num_steps:  # steps counted on the host: no sync per part
+                count = min(pace, first + k - step)
+                dispatched = time.perf_counter()
+                state, values = steps(state, batches, step - first, count)
+                if step + count == first + k and first + k < config.num_steps:
+                    batches = engine.batches(data_key, first + k)  # prepared while the devices run
                 # At most one call in flight: with several multi-device calls queued, XLA:CPU can
                 # starve a collective's rendezvous of threads (an all-reduce aborts after 40 s).
-                jax.block_until_ready(values)
+                values = np.asarray(jax.device_get(values))[step - first:step - first + count]
+                pacer.measured(time.perf_counter() - dispatched, count)
+                _check_finite(values, step, checkpoints)
                 losses.append(values)
-                bar.update(k)
+                step += count
+                bar.update(count)
+                # Every process stops at the same step, and runs parts of the length process 0 measured.
+                stopping, pace = distributed.agree(bool(stop), pacer.count(k))
+                if step == first + k:
+                    first += k
                 log_now = step % config.log_every == 0 or step == config.num_steps
-                save_now = step == config.num_steps or bool(stop) or (
+                save_now = step == config.num_steps or stopping or (
                     config.checkpoint_every and step % config.checkpoint_every == 0
                 )
-                if log_now or save_now:
-                    _check_finite(losses, losses_from, checkpoints)
                 if log_now:
                     rate = (step - start_step) / (time.perf_counter() - began - saving[0])
-                    mean = float(np.mean(np.concatenate([np.asarray(v) for v in losses])))
-                    losses, losses_from = [], step
+                    mean = float(np.mean(np.concatenate(losses)))
+                    losses = []
                     bar.set_postfix(loss=f"{mean:.4f}", steps_per_s=f"{rate:.0f}",
                                     examples_per_s=f"{rate * config.batch_size:.0f}")
                     if log:
                         log.write(step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * config.batch_size})
                 if save_now:
+                    window = {"losses": [float(v) for v in np.concatenate(losses)]} if losses else {}
                     with _timed(saving):
-                        checkpoints.save(state, step, engine.batches.position(step))
-                if stop:
+                        checkpoints.save(state, step, engine.batches.position(step), window)
+                if stopping:
+                    with _timed(saving):
+                        checkpoints.wait()
                     raise Interrupted(
-                        f"{stop[0]} at step {step}: the state is saved in {checkpoints.directory}; "
-                        "run the same command to resume."
+                        f"{stop[0] if stop else 'A stop of another process'} at step {step}: the state is saved in "
+                        f"{checkpoints.directory}; run the same command to resume."
                     )
-    finally:  # a checkpoint still being written is finished, whatever stopped the loop
+    finally:
         bar.close()
         if log:
             log.close()
         with _timed(saving):
             checkpoints.wait()
-        checkpoints.close()
     seconds = time.perf_counter() - began
     stepping = seconds - saving[0]
     summary = {

@@ -1,5 +1,5 @@
 """The sharded train step: `steps(state, batches) -> (state, losses)`, one jitted call running
-`K` optimizer steps (`lax.scan`) on a device mesh, shardings explicit, the state's buffers donated.
+`K` optimizer steps (a `fori_loop`, or any consecutive part of them) on a device mesh, shardings explicit, the state's buffers donated.
 
 `batches` holds K batches, each leaf of shape (K, batch, ...), split over the mesh's "data"
 axis along the example axis; the state is laid out by `sharding.state_shardings`. Step s
@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
@@ -154,20 +155,32 @@ def make_train_step(
         ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay) if ema_decay > 0 else state.ema_params
         return TrainState(state.step + 1, params, opt_state, ema, state.key), value
 
-    def steps(state: TrainState, batches: dict, teacher_params: Any = None):
+    def steps(state: TrainState, batches: dict, teacher_params: Any = None, begin=0, count=None):
         pairing = unbound if teacher_params is None else dataclasses.replace(unbound, params=teacher_params)
         step = functools.partial(one_step, pairing)
-        if jax.tree.leaves(batches)[0].shape[0] == 1:
+        calls = jax.tree.leaves(batches)[0].shape[0]
+        if calls == 1:
             # One step per call runs outside a loop: XLA:CPU runs convolutions inside a while
             # loop ~20x slower than outside one (a U-Net step on 8x8 digits: 6.5 s vs 0.33 s),
             # so convolutional models train with steps_per_call = 1 on CPUs.
             state, value = step(state, jax.tree.map(lambda x: x[0], batches))
             return state, value[None]
-        return jax.lax.scan(step, state, batches)
+
+        # Steps begin .. begin + count - 1 of the K batches, the bounds traced: one program
+        # runs a whole call or any part of it with the same loop body, so a call cut into
+        # parts (to honour a stop within seconds) gives the same numbers, bit for bit.
+        def body(i, carry):
+            state, values = carry
+            state, value = step(state, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                                                    batches))
+            return state, values.at[i].set(value)
+
+        end = begin + (calls if count is None else count)
+        return jax.lax.fori_loop(begin, end, body, (state, jnp.zeros((calls,), jnp.float32)))
 
     jitted = jax.jit(
         steps,
-        in_shardings=(state_sharding, batch_sharding(mesh, leading_axes=1), replicated(mesh)),
+        in_shardings=(state_sharding, batch_sharding(mesh, leading_axes=1), replicated(mesh), None, None),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,
     )
@@ -178,16 +191,25 @@ def make_train_step(
 
 @dataclasses.dataclass(frozen=True)
 class TrainSteps:
-    """The jitted `steps(state, batches) -> (state, losses)` with a teacher's parameters bound
-    (an argument of the program, laid out on the mesh once; None without a teacher)."""
+    """The jitted `steps(state, batches, begin=0, count=K) -> (state, losses (K,))` with a
+    teacher's parameters bound (an argument of the program, laid out on the mesh once; None
+    without a teacher). It runs steps begin .. begin + count - 1 of the K batches; the losses
+    of the others are 0."""
 
     jitted: Callable
     teacher_params: Any = None
 
-    def __call__(self, state: TrainState, batches: dict):
-        return self.jitted(state, batches, self.teacher_params)
+    def __call__(self, state: TrainState, batches: dict, begin: int = 0, count: int | None = None):
+        calls = jax.tree.leaves(batches)[0].shape[0]
+        return self.jitted(state, batches, self.teacher_params, _index(begin), _index(calls if count is None else count))
 
     def compile(self, state: TrainState, batches: dict) -> Callable:
-        """Compiled ahead of time for these shapes and shardings: `compiled(state, batches)`."""
-        compiled = self.jitted.lower(state, batches, self.teacher_params).compile()
-        return lambda state, batches: compiled(state, batches, self.teacher_params)
+        """Compiled ahead of time for these shapes and shardings: `compiled(state, batches, begin=0, count=K)`."""
+        calls = jax.tree.leaves(batches)[0].shape[0]
+        compiled = self.jitted.lower(state, batches, self.teacher_params, _index(0), _index(calls)).compile()
+        return lambda state, batches, begin=0, count=calls: compiled(
+            state, batches, self.teacher_params, _index(begin), _index(count))
+
+
+def _index(n: int) -> np.ndarray:
+    return np.asarray(n, np.int32)

@@ -35,5 +35,5 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     restored = Checkpoints(workdir, read_only=True).restore_latest(state, jax.tree.map(lambda _: device, state))
     if restored is None:
         raise ValueError(f"{workdir} holds no readable checkpoint: run `fm-jax train` (it resumes where it can).")
-    state, step, _ = restored
+    state, step = restored.state, restored.step
     return Run(config=config, apply=apply, params=state.ema_params if config.ema_decay > 0 else state.params, step=step)
