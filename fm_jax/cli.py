@@ -36,6 +36,7 @@ import json
 import pathlib
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -494,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"fm-jax: {category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # a warning is one line, not a source excerpt
     args, extra = build_parser().parse_known_args(argv)
     if args.command != "train" and extra:
         raise SystemExit(f"Unknown arguments for {args.command}: {' '.join(extra)}")

@@ -294,3 +294,14 @@ def test_a_stop_in_a_long_call_is_saved_within_seconds_and_resumes(tmp_path):
     assert not (workdir / "summary.json").exists()
     assert seconds < 20, seconds  # 5 s parts + one step + the save, far below the ~60 s call
     assert Checkpoints(workdir, read_only=True).steps() == [stopped]
+
+
+def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path):
+    train(short_config(num_steps=40), tmp_path, progress=False)
+    damage(tmp_path, "truncated")
+    proc = subprocess.run(train_cmd(tmp_path, "--config.num_steps=60", "--config.log_every=10",
+                                    "--config.checkpoint_every=20"), env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("fm-jax: RuntimeWarning: Checkpoint") and "moved to" in lines[0], lines

@@ -176,3 +176,12 @@ def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, monk
     assert row["nfe"] == nfe and row["fd_pixel"] > 0
     cli.main(["nll", "--workdir", str(workdir), "--num", "8", "--solver", "euler:2", "--divergence", "hutchinson"])
     assert json.loads((workdir / "nll.json").read_text())["bits_per_dim"] > 0
+
+
+def test_a_dataset_rebuilt_under_the_same_name_is_refused_on_resume(tmp_path):
+    data_dir = tmp_path / "tfds"
+    train(image_config(data_dir, num_steps=2), tmp_path / "run", progress=False)
+    info = next(data_dir.glob("digits/*/dataset_info.json"))
+    info.write_text(info.read_text() + "\n")  # a rebuild writes another dataset_info.json
+    with pytest.raises(ValueError, match=r"The target data 'tfds:digits' changed since this run started"):
+        train(image_config(data_dir, num_steps=4), tmp_path / "run", progress=False)

@@ -28,10 +28,14 @@ damaged it refuses to start (`DamagedCheckpoints`) and moves nothing. A reader
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import logging
 import pathlib
 import shutil
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -123,7 +127,8 @@ class Checkpoints:
             read_only=read_only,
             create=not read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet():
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -150,7 +155,8 @@ class Checkpoints:
             checksums=ocp.args.JsonRestore(),
         )
         try:
-            restored, error = self.manager.restore(step, args=args), None
+            with _quiet():
+                restored, error = self.manager.restore(step, args=args), None
         except Exception as err:  # orbax raises many types for a damaged checkpoint
             restored, error = None, err
         # Each process reads its own shards: all must have read theirs before the checksums,
@@ -235,6 +241,23 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep orbax's reports of a damaged read to the one line `restore_latest` warns: its absl
+    warnings ("Given directory is read only", a missing metadata file) and the ~50-line
+    TensorStore specs of the reads that failed beside the first, which Python prints as
+    "Exception ignored in <coroutine ...>" when the failed reads are collected."""
+    absl, level, hook = logging.getLogger("absl"), logging.getLogger("absl").level, sys.unraisablehook
+    absl.setLevel(logging.ERROR)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed reads' coroutines, while their reports are still muted
+        sys.unraisablehook = hook
+        absl.setLevel(level)
 
 
 def _everywhere(ok: bool) -> bool:

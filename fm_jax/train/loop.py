@@ -441,7 +441,7 @@ def _run(config, workdir, engine: Engine, checkpoints: Checkpoints, fingerprints
                     window = {"losses": [float(v) for v in np.concatenate(losses)]} if losses else {}
                     with _timed(saving):
                         checkpoints.save(state, step, engine.batches.position(step), window)
-                if stopping:
+                if stopping and step < config.num_steps:
                     with _timed(saving):
                         checkpoints.wait()
                     raise Interrupted(
