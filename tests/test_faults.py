@@ -23,7 +23,7 @@ import pytest
 
 import fm_jax as fm
 from fm_jax import cli
-from fm_jax.train import apply_overrides, load_config, loop, train
+from fm_jax.train import apply_overrides, distributed, load_config, loop, train
 from fm_jax.train.checkpoints import Checkpoints, DamagedCheckpoints
 
 CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
@@ -305,3 +305,26 @@ def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) == 1 and lines[0].startswith("fm-jax: RuntimeWarning: Checkpoint") and "moved to" in lines[0], lines
+
+
+def stop_after_part(monkeypatch, part: int):
+    """Make the run stop after its `part`-th part of a call, as if a process had got SIGTERM."""
+    parts = []
+
+    def agree(stop, count):
+        parts.append(count)
+        return stop or len(parts) == part, count
+
+    monkeypatch.setattr(distributed, "agree", agree)
+
+
+def test_a_stop_inside_a_call_resumes_bit_for_bit(tmp_path, reference, monkeypatch):
+    """Parts of one step (max_call_s tiny); the stop after part 23 cuts the call 20..30."""
+    stop_after_part(monkeypatch, 23)
+    with pytest.raises(loop.Interrupted, match="at step 23: the state is saved"):
+        train(short_config(max_call_s=1e-9), tmp_path, progress=False)
+    monkeypatch.undo()
+    assert Checkpoints(tmp_path, read_only=True).steps() == [20, 23]
+    state = train(short_config(), tmp_path, progress=False)  # max_call_s may change on resume
+    assert_bitwise(state, reference[0])
+    assert logged(tmp_path) == logged(reference[1])

@@ -185,3 +185,18 @@ def test_a_dataset_rebuilt_under_the_same_name_is_refused_on_resume(tmp_path):
     info.write_text(info.read_text() + "\n")  # a rebuild writes another dataset_info.json
     with pytest.raises(ValueError, match=r"The target data 'tfds:digits' changed since this run started"):
         train(image_config(data_dir, num_steps=4), tmp_path / "run", progress=False)
+
+
+def test_image_batches_resume_inside_a_call(data_dir):
+    """A stop at step 3 of the call 2..4: its position is the iterator's before that call, and
+    after a restore the call's batches are read again, the same examples."""
+    batches = build_engine(image_config(data_dir, steps_per_call=2, log_every=2, checkpoint_every=2)).batches
+    key = jax.random.key(0)
+    batches(key, 0)
+    want = jax.tree.map(np.asarray, batches(key, 2))
+    position = batches.position(3)
+    batches.restore(position, 3)
+    got = jax.tree.map(np.asarray, batches(key, 2))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert position == batches.position(3) and position != batches.position(4)

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import pathlib
@@ -493,7 +494,8 @@ def info(name: str, data_dir: str | None = None) -> ImageInfo:
 
 def fingerprint(name: str, data_dir: str | None = None) -> dict:
     """What identifies the prepared data of `name`: its version folder, the SHA-256 of its
-    dataset_info.json (version, split sizes, shard lengths) and the bytes of its record files.
+    dataset_info.json (version, split sizes, shard lengths) and the names and sizes of its
+    record files (hashing the records themselves would read the whole dataset at every start).
     A dataset rebuilt or replaced under the same name gets another fingerprint."""
     root = _data_dir(data_dir)
     path = _version_dir(name, root)
@@ -504,6 +506,7 @@ def fingerprint(name: str, data_dir: str | None = None) -> dict:
         "dataset": str(path.relative_to(root)),
         "dataset_info_sha256": hashlib.sha256((path / "dataset_info.json").read_bytes()).hexdigest(),
         "bytes": sum(f.stat().st_size for f in files),
+        "files_sha256": hashlib.sha256(json.dumps([[f.name, f.stat().st_size] for f in files]).encode()).hexdigest(),
     }
 
 

@@ -150,20 +150,31 @@ class Checkpoints:
         self.manager.save(step, args=args, force=True)
 
     def _restore(self, step: int, target: Any) -> Restored:
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), log=ocp.args.JsonRestore(),
-            checksums=ocp.args.JsonRestore(),
-        )
+        # A checkpoint written before checksums existed holds only state/ and data/: it is read
+        # unverified (with a warning) rather than taken for damaged.
+        folder = self.directory / str(step)
+        verified = any((folder / item).is_dir() for item in ("checksums", "log")) or not (folder / "data").is_dir()
+        items = {"state": ocp.args.StandardRestore(target), "data": ocp.args.JsonRestore()}
+        if verified:
+            items |= {"log": ocp.args.JsonRestore(), "checksums": ocp.args.JsonRestore()}
         try:
             with _quiet():
-                restored, error = self.manager.restore(step, args=args), None
+                restored, error = self.manager.restore(step, args=ocp.args.Composite(**items)), None
+        except (MemoryError, PermissionError):
+            raise  # not damage: the checkpoint may be fine
         except Exception as err:  # orbax raises many types for a damaged checkpoint
             restored, error = None, err
         # Each process reads its own shards: all must have read theirs before the checksums,
         # which are collectives, and all must reach the same verdict.
         if not _everywhere(error is None):
             raise error or ValueError("another process could not read its part")
-        saved, data, log = restored["checksums"], dict(restored["data"]), dict(restored["log"])
+        data = dict(restored["data"])
+        if not verified:
+            if self.primary:
+                warnings.warn(f"Checkpoint {self.directory / str(step)} predates checksums: restored unverified.",
+                              RuntimeWarning, stacklevel=3)
+            return Restored(_state(restored["state"]), step, data, {})
+        saved, log = restored["checksums"], dict(restored["log"])
         sums, _ = checksums(restored["state"])
         changed = sorted(k for k in set(sums) | set(saved["state"]) if sums.get(k) != saved["state"].get(k))
         if changed:
@@ -171,10 +182,10 @@ class Checkpoints:
         for name, item in (("data", data), ("log", log)):
             if _digest(item) != saved[name]:
                 raise ValueError(f"checksum mismatch in the {name} item")
-        state = TrainState(**restored["state"])
+        state = _state(restored["state"])
         if int(state.step) != step:
             raise ValueError(f"it holds the state of step {int(state.step)}")
-        return Restored(state._replace(key=jax.random.wrap_key_data(state.key)), step, data, log)
+        return Restored(state, step, data, log)
 
     def intact(self, step: int, like: Any) -> bool:
         """Whether checkpoint `step` reads back onto this process's first device and matches its
@@ -211,6 +222,8 @@ class Checkpoints:
             )
         for step, why in damaged:
             where = self._move_aside(step) if not self.read_only else None
+            if not self.primary:
+                continue
             warnings.warn(
                 f"Checkpoint {self.directory / str(step)} is damaged ({why}); "
                 + (f"moved to {where}; " if where else "")
@@ -258,6 +271,11 @@ def _quiet():
         gc.collect()  # the failed reads' coroutines, while their reports are still muted
         sys.unraisablehook = hook
         absl.setLevel(level)
+
+
+def _state(tree: dict) -> TrainState:
+    state = TrainState(**tree)
+    return state._replace(key=jax.random.wrap_key_data(state.key))
 
 
 def _everywhere(ok: bool) -> bool:

@@ -39,9 +39,13 @@ def workdir_lock(workdir: pathlib.Path, primary: bool = True):
     """Hold `workdir`'s lock (process 0 of a run) for the block; raise `WorkdirLocked` if held."""
     error, handle = "", None
     if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / LOCK
-        handle = open(path, "a+")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as err:
+            error = f"Cannot create {path} ({err}): pass a --workdir you can write to (nothing was changed)."
+    if handle is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -49,6 +53,10 @@ def workdir_lock(workdir: pathlib.Path, primary: bool = True):
             handle = None
             error = (f"{workdir} is in use by {_holder(path)}: wait for that run to end or stop it, "
                      "or pass another --workdir (nothing was changed).")
+        except OSError as err:  # e.g. ENOLCK on a file system without locks
+            handle.close()
+            handle = None
+            error = f"Cannot lock {path} ({err}): put the workdir on a file system with locks (nothing was changed)."
         else:
             handle.seek(0)
             handle.truncate()

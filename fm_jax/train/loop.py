@@ -6,8 +6,9 @@ with an MLP or a U-Net (`fm_jax.train.state`) on a mesh of
 `config.mesh.num_devices` devices (`fm_jax.train.step`), and leaves in `workdir`:
 `config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/` (the
 final `TrainState`, orbax). Each call draws `steps_per_call` batches on the devices, already
-split over the mesh, and runs as many optimizer steps in one jitted `lax.scan`, so that a
-small model is not bound by Python dispatch.
+split over the mesh, and runs as many optimizer steps in one jitted loop, so that a small
+model is not bound by Python dispatch; a call is run in parts of about `config.max_call_s`
+seconds, between which a stop is honoured.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import signal
 import threading
@@ -44,6 +46,8 @@ from fm_jax.train.state import (TrainState, build_module, checkpoint_tree, image
 from fm_jax.train.teachers import check_teacher, precompute_pairs, teacher_coupling
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS, TrainSteps, make_train_step
 
+# Fields a resumed run may change: none changes the numbers of the steps.
+RESUME_MAY_CHANGE = ("num_steps", "mesh", "distributed", "max_call_s", "checkpoint_every", "keep_checkpoints")
 DATA_FINGERPRINTS = "data.json"  # what identifies the run's data (`fm_jax.data.fingerprint`)
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "coupling_group", "train", "with_absolute_files"]
@@ -279,7 +283,7 @@ def _check_same_run(config: ml_collections.ConfigDict, fingerprints: dict, workd
         old = json.loads(saved.read_text())
         new = json.loads(config.to_json())
         differ = sorted(
-            k for k in set(old) | set(new) if k not in ("num_steps", "mesh", "distributed") and old.get(k) != new.get(k)
+            k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
         )
         if differ:
             raise ValueError(
@@ -318,6 +322,13 @@ def _check_finite(values: np.ndarray, first_step: int, checkpoints: Checkpoints)
             f"The loss is {values[bad][0]} at step {at}: training stopped; {last}. "
             "Lower the learning rate or check the data."
         )
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Replace `path` by `text` in one rename, so a kill never leaves it half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class _Pacer:
@@ -392,8 +403,8 @@ def _run(config, workdir, engine: Engine, checkpoints: Checkpoints, fingerprints
     if restored is not None:
         engine.batches.restore(restored.data, start_step)
     if primary:  # the run starts: its config, data fingerprints and log are written from here on
-        (workdir / "config.json").write_text(config.to_json(indent=1))
-        (workdir / DATA_FINGERPRINTS).write_text(json.dumps(fingerprints, indent=1))
+        _write_atomic(workdir / "config.json", config.to_json(indent=1))
+        _write_atomic(workdir / DATA_FINGERPRINTS, json.dumps(fingerprints, indent=1))
         MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
     batches = engine.batches(data_key, first)
     began = time.perf_counter()
@@ -407,7 +418,7 @@ def _run(config, workdir, engine: Engine, checkpoints: Checkpoints, fingerprints
     step, pace, began = start_step, pacer.count(k), time.perf_counter()
     try:
         with _signals_caught(stop):
-            while step < config.num_steps:  # steps counted on the host: no sync per part
+            while step < config.num_steps:  # one part of a call at a time, its losses fetched
                 count = min(pace, first + k - step)
                 dispatched = time.perf_counter()
                 state, values = steps(state, batches, step - first, count)
@@ -441,9 +452,10 @@ def _run(config, workdir, engine: Engine, checkpoints: Checkpoints, fingerprints
                     window = {"losses": [float(v) for v in np.concatenate(losses)]} if losses else {}
                     with _timed(saving):
                         checkpoints.save(state, step, engine.batches.position(step), window)
-                if stopping and step < config.num_steps:
-                    with _timed(saving):
+                if stopping or step == config.num_steps:
+                    with _timed(saving):  # the last save is finished while a signal is still only a request
                         checkpoints.wait()
+                if stopping and step < config.num_steps:
                     raise Interrupted(
                         f"{stop[0] if stop else 'A stop of another process'} at step {step}: the state is saved in "
                         f"{checkpoints.directory}; run the same command to resume."

@@ -8,6 +8,7 @@ logged once; TensorBoard keeps the newest point of a step when event files overl
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 from tensorboardX import SummaryWriter
@@ -29,7 +30,9 @@ class MetricsLog:
         """Drop the lines past `step`, which a run resumed from `step` writes again."""
         if path.exists():
             lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in lines))
+            tmp = path.with_name(f".{path.name}.tmp")  # one rename: a kill never leaves the log half written
+            tmp.write_text("".join(line + "\n" for line in lines))
+            os.replace(tmp, path)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         self.jsonl.write(json.dumps({"step": step} | scalars) + "\n")
