@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import signal
 import sys
 import time
 import warnings
@@ -151,6 +152,8 @@ def train(args: argparse.Namespace) -> None:
         config = apply_overrides(load_config(args.config), parse_overrides(args.overrides))
         state = run_training(config, args.workdir)
     except Interrupted as err:  # stopped and saved: a distinct exit code says the run can resume
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a later signal of the same stop (another host's) ends nothing
+            signal.signal(sig, signal.SIG_IGN)
         print(str(err), file=sys.stderr)
         raise SystemExit(EXIT_RESUMABLE) from None
     except (ValueError, FloatingPointError) as err:

@@ -58,6 +58,10 @@ class DamagedCheckpoints(ValueError):
     """Every checkpoint of a workdir is damaged: the run refuses to start over them."""
 
 
+class _Damaged(ValueError):
+    """A checkpoint that cannot be read; its message is the one-line reason."""
+
+
 class Restored(NamedTuple):
     """A checkpoint read back: the state (placed), its step, the data position and the log window."""
 
@@ -110,6 +114,8 @@ def _digest(obj: Any) -> str:
 
 def _one_line(err: Exception) -> str:
     """An error as one short line: orbax's messages carry whole TensorStore specs."""
+    if isinstance(err, _Damaged):
+        return str(err)
     text = str(err).strip().splitlines()[0].split(" See full TensorStore details")[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
@@ -157,17 +163,18 @@ class Checkpoints:
         items = {"state": ocp.args.StandardRestore(target), "data": ocp.args.JsonRestore()}
         if verified:
             items |= {"log": ocp.args.JsonRestore(), "checksums": ocp.args.JsonRestore()}
-        try:
-            with _quiet():
-                restored, error = self.manager.restore(step, args=ocp.args.Composite(**items)), None
-        except (MemoryError, PermissionError):
-            raise  # not damage: the checkpoint may be fine
-        except Exception as err:  # orbax raises many types for a damaged checkpoint
-            restored, error = None, err
+        restored, why = None, None
+        with _quiet():
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except (MemoryError, PermissionError):
+                raise  # not damage: the checkpoint may be fine
+            except Exception as err:  # orbax raises many types for a damaged checkpoint
+                why = _one_line(err)  # the error (and the failed reads its traceback holds) is freed here
         # Each process reads its own shards: all must have read theirs before the checksums,
         # which are collectives, and all must reach the same verdict.
-        if not _everywhere(error is None):
-            raise error or ValueError("another process could not read its part")
+        if not _everywhere(why is None):
+            raise _Damaged(why or "another process could not read its part")
         data = dict(restored["data"])
         if not verified:
             if self.primary:
