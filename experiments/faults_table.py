@@ -287,7 +287,7 @@ def main() -> None:
         ("damaged newest: data position edited", lambda: damaged(tmp, reference, "data position edited")),
         ("all checkpoints damaged", lambda: all_damaged(tmp, reference)),
         ("20 single-bit flips", lambda: bit_flips(tmp, reference_dir)),
-        ("SIGTERM to one of 2 processes", lambda: staggered(tmp, 0.0)),
+        ("SIGTERM to 2 processes at once", lambda: staggered(tmp, 0.0)),
         ("SIGTERM to 2 processes 1.5 s apart", lambda: staggered(tmp, 1.5)),
         ("two runs on one workdir", lambda: two_writers(tmp)),
         ("model fails to build, then fixed", lambda: model_fails(tmp)),
