@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fm_jax.train import distributed
 from fm_jax.train.state import TrainState, checkpoint_tree
 
 __all__ = ["CHECKPOINTS", "DAMAGED", "Checkpoints", "DamagedCheckpoints", "Restored", "checksums"]
@@ -173,7 +174,7 @@ class Checkpoints:
                 why = _one_line(err)  # the error (and the failed reads its traceback holds) is freed here
         # Each process reads its own shards: all must have read theirs before the checksums,
         # which are collectives, and all must reach the same verdict.
-        if not _everywhere(why is None):
+        if not distributed.gather([why is None]).all():
             raise _Damaged(why or "another process could not read its part")
         data = dict(restored["data"])
         if not verified:
@@ -239,13 +240,13 @@ class Checkpoints:
                 stacklevel=2,
             )
         if damaged and not self.read_only:
-            _sync("fm_jax_checkpoints_moved")
+            distributed.barrier("fm_jax_checkpoints_moved")
             self.manager.reload()
         return found
 
     def _move_aside(self, step: int) -> pathlib.Path:
         """Move checkpoint `step` to damaged/<step> (damaged/<step>.1, ... when taken); process 0 only."""
-        _sync(f"fm_jax_checkpoint_{step}_read")  # no process still reads it
+        distributed.barrier(f"fm_jax_checkpoint_{step}_read")  # no process still reads it
         aside = self.directory / DAMAGED / str(step)
         for n in range(1, 1000):
             if not aside.exists():
@@ -283,20 +284,3 @@ def _quiet():
 def _state(tree: dict) -> TrainState:
     state = TrainState(**tree)
     return state._replace(key=jax.random.wrap_key_data(state.key))
-
-
-def _everywhere(ok: bool) -> bool:
-    """Whether `ok` holds on every process (one small all-gather; `ok` itself with one process)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(int(ok), np.int32))).all())
-
-
-def _sync(name: str) -> None:
-    """A barrier of all processes (nothing with one)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-__all__ = ["MODES", "agree", "initialize", "is_primary"]
+__all__ = ["MODES", "agree", "barrier", "gather", "initialize", "is_primary"]
 
 MODES = ("off", "auto", "manual")
 
@@ -64,15 +64,30 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def gather(values) -> np.ndarray:
+    """Every process's int32 `values`, stacked as (processes, n), the same on every process:
+    one small all-gather ((1, n) with one process, no communication)."""
+    values = np.asarray(values, np.int32).reshape(-1)
+    if jax.process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), -1)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def agree(stop: bool, count: int) -> tuple[bool, int]:
     """(whether any process was asked to stop, process 0's `count`), the same on every process.
 
     Called after each part of a train call: a pod's hosts get SIGTERM at different moments,
     and a process that stopped alone would leave the others waiting in the next step's
-    collectives. One small all-gather; nothing with one process."""
-    if jax.process_count() == 1:
-        return stop, count
-    from jax.experimental import multihost_utils
-
-    rows = np.asarray(multihost_utils.process_allgather(np.asarray([int(stop), count], np.int32)))
+    collectives."""
+    rows = gather([stop, count])
     return bool(rows[:, 0].any()), int(rows[0, 1])

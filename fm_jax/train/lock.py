@@ -15,7 +15,7 @@ import pathlib
 import socket
 import time
 
-import jax
+from fm_jax.train import distributed
 
 __all__ = ["LOCK", "WorkdirLocked", "workdir_lock"]
 
@@ -62,12 +62,8 @@ def workdir_lock(workdir: pathlib.Path, primary: bool = True):
             handle.truncate()
             handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             handle.flush()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        taken = multihost_utils.broadcast_one_to_all(jax.numpy.asarray(not error, jax.numpy.int32))
-        if not int(taken) and not error:
-            error = f"{workdir} is in use by another run (process 0 could not lock it): nothing was changed."
+    if not distributed.gather([not error])[0, 0] and not error:  # process 0's verdict holds for all
+        error = f"{workdir} is in use by another run (process 0 could not lock it): nothing was changed."
     if error:
         raise WorkdirLocked(error)
     try:
