@@ -41,9 +41,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import pathlib
-import platform
+import sys
 import tempfile
 
 import jax
@@ -52,15 +51,15 @@ import numpy as np
 from fm_jax import data, solvers
 from fm_jax.data import images
 from fm_jax.plots import plot_flow
-from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.evaluate import evaluate, evaluate_flow, reference_w2_sq
 from fm_jax.train.image_eval import evaluate_images, image_nll
 from fm_jax.train.nll import held_out_nll
 from fm_jax.train.state import image_info, model_method
 from fm_jax.train.workdir import load_run
 
-CONFIG = pathlib.Path(__file__).parent / "configs" / "toy2d.py"
-IMAGES_CONFIG = pathlib.Path(__file__).parent / "configs" / "images.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
+from experiments import common
+
 TASKS = ("normal:8gaussians", "normal:moons")
 NFES = (1, 2, 4, 8, 16)
 SOLVERS = ("dopri5",) + tuple(f"euler:{n}" for n in NFES)
@@ -85,10 +84,8 @@ def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **
         overrides |= {"steps_per_call": 1, "model.preset": args.preset, "encoder.preset": "tiny",
                       "flow.kind": "tarflow", "flow.patch": 2, "teacher.solver": "euler",
                       "teacher.steps": args.reflow_steps, "data.dir": args.data_dir}
-    config = apply_overrides(load_config(IMAGES_CONFIG if data.is_image_spec(task) else CONFIG),
-                             {k: str(v) for k, v in (overrides | extra).items()})
-    train(config, workdir, progress=False)
-    return json.loads((workdir / "summary.json").read_text())["steps_per_s"]
+    config = common.config_with(overrides | extra, "images" if data.is_image_spec(task) else "toy2d")
+    return common.train_rate(config, workdir)
 
 
 def measure_images(run, seed: int, args) -> dict:
@@ -282,18 +279,10 @@ def main(argv=None):
         print(text)
         return saved["table"]
     by_seed = {task: [run_task_seed(task, seed, args) for seed in range(args.seeds)] for task in args.tasks}
-    table = {
-        task: {name: {k: {"mean": float(np.mean([c[name][k] for c in cells])),
-                          "std": float(np.std([c[name][k] for c in cells]))} for k in cells[0][name]}
-               for name in cells[0]}
-        for task, cells in by_seed.items()
-    }
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "table": table}, indent=1))
-    text = markdown(table, machine, args)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    table = {task: {name: common.mean_std([c[name] for c in cells]) for name in cells[0]}
+             for task, cells in by_seed.items()}
+    machine = common.machine()
+    common.write_result({"machine": machine, "args": vars(args), "table": table}, out, markdown(table, machine, args))
     return table
 
 

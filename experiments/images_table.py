@@ -18,31 +18,28 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
+import sys
 import tempfile
 
-import jax
-
-from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.data import images
 from fm_jax.train.image_eval import evaluate_images, image_nll, sample_images
 from fm_jax.train.workdir import load_run
 
-CONFIG = pathlib.Path(__file__).parent / "configs" / "images.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
+from experiments import common
+
 METHODS = ("icfm", "otcfm", "fm", "fm_vp")
 SOLVERS = ("dopri5", "euler:10", "euler:2")
 
 
 def run_cell(dataset: str, method: str, args) -> dict:
-    overrides = {
+    config = common.config_with({
         "method": method, "target": f"tfds:{dataset}", "num_steps": args.steps, "batch_size": args.batch,
         "steps_per_call": 1, "log_every": args.steps, "checkpoint_every": args.steps, "model.preset": args.preset,
         "data.dir": args.data_dir,
-    }
-    config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in overrides.items()})
+    }, "images")
     with tempfile.TemporaryDirectory() as workdir:
-        train(config, workdir, progress=False)
-        rate = json.loads(pathlib.Path(workdir, "summary.json").read_text())["steps_per_s"]
+        rate = common.train_rate(config, workdir)
         run = load_run(workdir)
         report = evaluate_images(run, args.solvers, args.num)
         nll = image_nll(run, args.num, divergence=args.divergence, solver=args.solvers[0])
@@ -95,12 +92,9 @@ def main(argv=None):
         for method in args.methods:
             table[dataset][method] = cell = run_cell(dataset, method, args)
             print(dataset, method, json.dumps(cell), flush=True)
-    machine = f"{platform.machine()} {jax.devices()[0].device_kind}, {jax.device_count()} device(s)"
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "table": table}, indent=1))
-    out.with_suffix(".md").write_text(markdown(table, machine, args))
-    print(markdown(table, machine, args))
+    machine = common.machine(devices=True)
+    common.write_result({"machine": machine, "args": vars(args), "table": table}, args.out,
+                        markdown(table, machine, args))
 
 
 if __name__ == "__main__":

@@ -17,20 +17,18 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
-import os
 import pathlib
-import platform
+import sys
 import tempfile
 
-import jax
-import numpy as np
-
-from fm_jax.train import apply_overrides, load_config, train
+from fm_jax.train import train
 from fm_jax.train.evaluate import evaluate, reference_w2_sq
 from fm_jax.train.methods import GAUSSIAN_SOURCE_ONLY
 from fm_jax.train.workdir import load_run
 
-CONFIG = pathlib.Path(__file__).parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
+from experiments import common
+
 TASKS = ("normal:8gaussians", "moons:8gaussians", "normal:moons", "normal:scurve")
 SOLVERS = ("dopri5", "euler:100", "euler:10", "euler:2")
 SIGMA = {"sbcfm": 1.0}
@@ -38,14 +36,14 @@ PAPER_METHODS = ("icfm", "otcfm", "sbcfm", "fm", "si")  # the OT-CFM paper's 2D 
 
 
 def run_cell(method: str, source: str, target: str, seed: int, w2_sq: float, args) -> dict:
-    overrides = {
-        "method": method, "source": source, "target": target, "seed": str(seed),
-        "sigma": str(SIGMA.get(method, 0.1)), "num_steps": str(args.steps), "batch_size": str(args.batch),
-        "steps_per_call": str(min(100, args.steps)), "log_every": str(args.steps),
-    }
-    config = apply_overrides(load_config(CONFIG), overrides)
+    config = common.config_with({
+        "method": method, "source": source, "target": target, "seed": seed, "sigma": SIGMA.get(method, 0.1),
+        "num_steps": args.steps, "batch_size": args.batch, "steps_per_call": min(100, args.steps),
+        "log_every": args.steps,
+    })
     with tempfile.TemporaryDirectory() as workdir:
         train(config, workdir, progress=False)
+        # The rate of the last log line (at the end: log_every is the whole run), as the table was made.
         rate = json.loads(pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()[-1])["steps_per_s"]
         report = evaluate(load_run(workdir), list(SOLVERS), args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)
     cell = {f"w2_{spec}": row["w2"] for spec, row in report["solvers"].items()}
@@ -114,18 +112,10 @@ def main(argv=None):
         table[task] = {}
         for method in args.methods:
             cells = [by_group[task, seed][method] for seed in range(args.seeds) if method in by_group[task, seed]]
-            table[task][method] = None if not cells else {
-                k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
-                for k in cells[0]
-            }
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine, "args": vars(args), "table": table}, f, indent=1)
-    md = os.path.splitext(args.out)[0] + ".md"
-    with open(md, "w") as f:
-        f.write(markdown(table, machine, args))
-    print(f"wrote {args.out} and {md}")
+            table[task][method] = common.mean_std(cells) if cells else None
+    machine = common.machine()
+    common.write_result({"machine": machine, "args": vars(args), "table": table}, args.out,
+                        markdown(table, machine, args))
     return table
 
 

@@ -50,7 +50,22 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
         f"normal_moons_0_{name}.png" for name in ["icfm", "otcfm", "fastode", "reflow", "flow__eta_0.1_", "nfm__eta_0.1_"])
     assert rows["flow (eta=0.1)"]["nfe"]["mean"] == 2 and rows["nfm (eta=0.1)"]["w2_euler:1"]["mean"] > 0
     md = out.with_suffix(".md").read_text()
-    assert "| reflow |" in md and "The NFM student beats its teacher flow" in md
+    assert "| reflow |" in md
+    # Each claim's printed verdict is the one the table's numbers give.
+    mean = lambda name, column: rows[name][column]["mean"]
+    learned = ["fastode", "reflow", "nfm (eta=0.1)"]
+    verdicts = {
+        "- Learned and distilled couplings straighten trajectories": all(
+            mean(n, "curvature") < mean("icfm", "curvature") for n in learned),
+        "- They win at few NFE against independent pairs": all(
+            mean(n, f"w2_euler:{k}") < mean("icfm", f"w2_euler:{k}") for n in learned for k in (1, 2)),
+        "- ... and against minibatch OT pairs": all(
+            mean(n, f"w2_euler:{k}") < mean("otcfm", f"w2_euler:{k}") for n in learned for k in (1, 2)),
+        "- The NFM student beats its teacher flow": mean("nfm (eta=0.1)", "w2_dopri5") < mean("flow (eta=0.1)", "w2_dopri5"),
+    }
+    for claim, holds in verdicts.items():
+        (line,) = [line for line in md.splitlines() if line.startswith(claim)]
+        assert line.endswith(": holds on every task" if holds else ": does not hold on normal:moons"), line
     # Run again with --keep after losing one model's measurements: the others are reused as they
     # were, and the lost one is measured again from its finished run.
     lost = tmp_path / "runs" / "normal_moons" / "seed0" / "fastode" / "distill_cell.json"
@@ -63,3 +78,23 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
                 assert again["normal:moons"][name][column] == table["normal:moons"][name][column]
     assert again["normal:moons"]["fastode"]["w2_euler:1"]["mean"] == pytest.approx(
         table["normal:moons"]["fastode"]["w2_euler:1"]["mean"], rel=1e-4)
+
+
+def test_distill_claims_name_the_tasks_where_they_fail(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    module = importlib.import_module("distill_table")
+
+    def rows(nfm_w2_dopri5):
+        cell = lambda w2, curvature: {"w2_euler:1": {"mean": w2}, "w2_euler:2": {"mean": w2},
+                                      "w2_dopri5": {"mean": w2}, "curvature": {"mean": curvature}}
+        # The learned couplings: straighter than I-CFM and OT-CFM, better than I-CFM at few
+        # NFE, worse than OT-CFM there.
+        return {"icfm": cell(2.0, 1.0), "otcfm": cell(0.5, 0.5), "fastode": cell(1.0, 0.1),
+                "reflow": cell(1.0, 0.1), "flow (eta=0.1)": cell(0.8, float("nan")),
+                "nfm (eta=0.1)": cell(1.0, 0.1) | {"w2_dopri5": {"mean": nfm_w2_dopri5}}}
+
+    # The student beats its teacher flow (W2 0.8 with Dopri5) on a:b, not on c:d.
+    lines = module.claims({"a:b": rows(0.7), "c:d": rows(0.9)})
+    assert [line.rsplit(": ", 1)[1] for line in lines[:4]] == [
+        "holds on every task", "holds on every task", "does not hold on a:b, c:d", "does not hold on c:d"]
+    assert lines[4].startswith("- Effect of eta on a → b: nfm (eta=0.1): W2 Euler-1 1.000, Dopri5 0.700")

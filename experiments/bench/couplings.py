@@ -17,9 +17,8 @@ the two Sinkhorn plans, which solve the same entropic problem.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import pathlib
+import sys
 import time
 
 import jax
@@ -30,15 +29,13 @@ import scipy.optimize
 
 import fm_jax as fm
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
 
-def timed(fn, budget: float = 2.0, max_repeats: int = 20) -> float:
-    """Median seconds of fn(), repeated until `budget` seconds are spent (at least once)."""
-    times = []
-    while not times or (sum(times) < budget and len(times) < max_repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+
+def timed(fn) -> float:
+    """Median seconds of fn() over repeats until 2 s are spent (at least once, at most 20 times)."""
+    return common.median_seconds(fn, 2.0, max_repeats=20)
 
 
 def bench(n: int, d: int, skip_exact_above: int) -> dict:
@@ -70,7 +67,7 @@ def bench(n: int, d: int, skip_exact_above: int) -> dict:
         start = time.perf_counter()
         fn = jax.jit(coupling).lower(kc, x0, x1).compile()
         row[f"{name}_compile_s"] = time.perf_counter() - start
-        row[f"{name}_s"] = timed(lambda: jax.block_until_ready(fn(kc, x0, x1)))
+        row[f"{name}_s"] = timed(lambda: fn(kc, x0, x1))
         if name == "exact_ot":
             # ExactOT keeps x1 in place and permutes x0: the cost of its pairs against the optimum.
             paired_x0 = np.asarray(fn(kc, x0, x1)[0], np.float64)
@@ -112,7 +109,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/couplings.json", help="JSON; a markdown table is written beside it")
     args = parser.parse_args(argv)
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
+    machine = common.machine()
     print(machine)
     cols = ["exact_ot_s", "sinkhorn_ot_s", "schrodinger_bridge_s", "scipy_lsa_s", "pot_emd_s", "pot_sinkhorn_s",
             "exact_gap", "sinkhorn_gap", "pot_sinkhorn_gap"]
@@ -124,13 +121,8 @@ def main(argv=None):
             rows.append(row)
             cells = [f"{row[c]:>20.4g}" if c in row else f"{'-':>20}" for c in cols]
             print(f"{n:>5} {d:>5} " + " ".join(cells), flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine, "command": "python experiments/bench/couplings.py", "rows": rows}, f, indent=1)
-    md = os.path.splitext(args.out)[0] + ".md"
-    with open(md, "w") as f:
-        f.write(markdown(rows, machine))
-    print(f"wrote {args.out} and {md}")
+    common.write_result({"machine": machine, "command": "python experiments/bench/couplings.py", "rows": rows},
+                        args.out, markdown(rows, machine))
 
 
 if __name__ == "__main__":

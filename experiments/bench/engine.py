@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
 
-CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
 
 
 def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds: float) -> dict:
@@ -32,12 +32,11 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
         raise SystemExit(f"start this process with --xla_force_host_platform_device_count={devices}")
     import optax
 
-    from fm_jax.train import apply_overrides, load_config
     from fm_jax.train.loop import build_engine, check_config
 
-    fields = {"method": method, "batch_size": batch, "steps_per_call": steps_per_call, "num_steps": steps_per_call,
-              "log_every": steps_per_call, "checkpoint_every": 0, "mesh.num_devices": devices}
-    config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
+    config = common.config_with({"method": method, "batch_size": batch, "steps_per_call": steps_per_call,
+                                 "num_steps": steps_per_call, "log_every": steps_per_call, "checkpoint_every": 0,
+                                 "mesh.num_devices": devices})
     check_config(config)
     engine = build_engine(config)
     batches = engine.batches(engine.data_key, 0)
@@ -46,33 +45,21 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
     local = jax.device_put(jax.device_get(batches), jax.devices()[0])  # on one device, once
     optimizer = optax.adam(config.learning_rate)
 
-    @jax.jit
-    def bare(params, opt_state, batches):
-        def body(carry, batch):
-            params, opt_state, i = carry
-            grads = jax.grad(lambda p: loss(apply, p, jax.random.fold_in(jax.random.key(0), i), batch)[0])(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, i + 1), None
-
-        return jax.lax.scan(body, (params, opt_state, 0), batches)[0]
+    bare = common.scanned_steps(
+        lambda p, i, batch: jax.grad(lambda p: loss(apply, p, jax.random.fold_in(jax.random.key(0), i), batch)[0])(p),
+        optimizer)
 
     def rate(call, carry):
         """(steps/s over `seconds`, time of the first call including its compile)."""
         start = time.perf_counter()
         carry = jax.block_until_ready(call(carry))
         first = time.perf_counter() - start
-        carry = jax.block_until_ready(call(carry))  # outputs are typed/placed like later inputs from here on
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            # One call in flight, as the driver runs: several queued multi-device calls can starve
-            # XLA:CPU's collective rendezvous of threads (an all-reduce then aborts after 40 s).
-            carry = jax.block_until_ready(call(carry))
-            calls += 1
-        jax.block_until_ready(carry)
-        return calls * steps_per_call / (time.perf_counter() - start), first
+        # After a second, untimed call (outputs are typed/placed like later inputs from there on),
+        # one call in flight, as the driver runs.
+        return common.calls_per_second(call, carry, seconds) * steps_per_call, first
 
     params = jax.device_get(engine.state.params)
-    bare_rate, bare_first = rate(lambda c: bare(*c, local)[:2], (params, optimizer.init(params)))
+    bare_rate, bare_first = rate(lambda c: bare((*c, 0), local)[:2], (params, optimizer.init(params)))
     engine_rate, engine_first = rate(lambda state: engine.steps(state, batches)[0], engine.state)
     return {"devices": devices, "bare_steps_per_s": bare_rate, "engine_steps_per_s": engine_rate,
             "engine_over_bare_time": bare_rate / engine_rate, "examples_per_s": engine_rate * batch,
@@ -103,14 +90,8 @@ def main(argv=None):
         print(f"{devices} device(s): bare {r['bare_steps_per_s']:.0f} steps/s, engine {r['engine_steps_per_s']:.0f} "
               f"steps/s ({r['engine_over_bare_time']:.3f}x the bare step's time), {r['examples_per_s']:.0f} examples/s",
               flush=True)
-    import jax
-
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine, "method": args.method, "batch": args.batch,
-                   "steps_per_call": args.steps_per_call, "rows": rows}, f, indent=1)
-    print(f"wrote {args.out}")
+    common.write_result({"machine": common.machine(), "method": args.method, "batch": args.batch,
+                         "steps_per_call": args.steps_per_call, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

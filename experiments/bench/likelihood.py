@@ -13,27 +13,18 @@ per evaluation, in chunks of `--chunk`), Hutchinson with 1 and 4 Rademacher prob
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import pathlib
+import sys
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 import fm_jax as fm
 from fm_jax import likelihood
 
-
-def timed(fn, budget: float) -> float:
-    """Median seconds of fn() over repeats until `budget` seconds are spent (at least twice)."""
-    times = []
-    while len(times) < 2 or sum(times) < budget:
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
 
 
 def bench(d: int, batch: int, width: int, depth: int, steps: int, chunk: int, budget: float) -> dict:
@@ -55,7 +46,7 @@ def bench(d: int, batch: int, width: int, depth: int, steps: int, chunk: int, bu
         start = time.perf_counter()
         jax.block_until_ready(fn(x))
         row["compile_s"][name] = time.perf_counter() - start
-        row["points_per_s"][name] = batch / timed(lambda: fn(x), budget)
+        row["points_per_s"][name] = batch / common.median_seconds(lambda: fn(x), budget, min_repeats=2)
     rate = row["points_per_s"]
     row["time_over_encode"] = {name: rate["encode"] / rate[name] for name in rate if name != "encode"}
     return row
@@ -82,22 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
             ratio = row["time_over_encode"].get(name, 1.0)
             print(f"{d:>5} {name:<14} {rate:>12.1f} {ratio:>9.2f} {row['compile_s'][name]:>10.2f}")
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "device": str(jax.devices()[0].device_kind)},
+        "machine": common.machine_info(device=str(jax.devices()[0].device_kind)),
         "args": vars(args),
         "rows": rows,
     }
-    write_result(result, args.out)
+    common.write_result(result, args.out)
     return result
-
-
-def write_result(result: dict, out: str) -> None:
-    """Write a benchmark's JSON to `out` (nothing when empty), creating its folder."""
-    if out:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -15,37 +15,29 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
+import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from fm_jax import solvers
 from fm_jax.models import MLP, functional
-from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.workdir import load_run
 
-CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
+
 FIELDS = {"mlp_2d": (2, 64, 3, 10_000), "mlp_784": (784, 512, 3, 1_000)}  # dim, width, depth, points
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 ADAPTIVE = ("dopri5", "tsit5", "bosh3")
 
 
 def seconds_per_call(fn, x, seconds: float) -> float:
-    jax.block_until_ready(fn(x))
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or calls < 2:
-        out = fn(x)
-        calls += 1
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls
+    """Mean seconds of fn(x) after a warm-up, the calls queued (at least 2, over about `seconds`)."""
+    return 1.0 / common.calls_per_second(lambda _: fn(x), None, seconds, min_calls=2, wait_each=False)
 
 
 def scan_euler(vf, x0, steps: int):
@@ -76,10 +68,10 @@ def euler_rows(steps: list[int], seconds: float) -> list[dict]:
 
 
 def tolerance_rows(train_steps: int) -> list[dict]:
-    overrides = {"method": "icfm", "num_steps": train_steps, "steps_per_call": min(100, train_steps),
-                 "log_every": train_steps, "checkpoint_every": train_steps}
+    config = common.config_with({"method": "icfm", "num_steps": train_steps, "steps_per_call": min(100, train_steps),
+                                 "log_every": train_steps, "checkpoint_every": train_steps})
     with tempfile.TemporaryDirectory() as workdir:
-        train(apply_overrides(load_config(CONFIG), {k: str(v) for k, v in overrides.items()}), workdir, progress=False)
+        common.train_rate(config, workdir)
         run = load_run(workdir)
     vf = solvers.velocity_field(run.apply, run.params)
     x0 = jax.random.normal(jax.random.key(1), (2000, 2))
@@ -117,14 +109,9 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--out", default="results/sampling.json")
     args = parser.parse_args(argv)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    result = {"machine": machine, "args": vars(args), "euler": euler_rows(args.steps, args.seconds),
+    result = {"machine": common.machine(), "args": vars(args), "euler": euler_rows(args.steps, args.seconds),
               "tolerance": tolerance_rows(args.train_steps)}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    common.write_result(result, args.out, markdown(result))
     return result
 
 

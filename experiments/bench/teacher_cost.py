@@ -23,31 +23,24 @@ All figures come from this one run; writes the JSON and a markdown table (`.md`)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
+import sys
 import tempfile
 import time
 
-import jax
-
-from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.teachers import precompute_pairs, teacher_coupling
 
-CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
+
+steps_per_s = common.train_rate  # a run's training steps/s (the tests replace it)
 
 
 def config_for(args, **fields):
-    overrides = {"source": "normal", "target": args.target, "num_steps": args.steps, "batch_size": args.batch,
-                 "steps_per_call": min(100, args.steps), "log_every": args.steps, "checkpoint_every": args.steps,
-                 "sigma": 0.0, "teacher.rtol": 1e-4, "teacher.atol": 1e-4} | fields
-    return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in overrides.items()})
-
-
-def steps_per_s(config, workdir: pathlib.Path) -> float:
-    train(config, workdir, progress=False)
-    return json.loads((workdir / "summary.json").read_text())["steps_per_s"]
+    return common.config_with({
+        "source": "normal", "target": args.target, "num_steps": args.steps, "batch_size": args.batch,
+        "steps_per_call": min(100, args.steps), "log_every": args.steps, "checkpoint_every": args.steps,
+        "sigma": 0.0, "teacher.rtol": 1e-4, "teacher.atol": 1e-4} | fields)
 
 
 def pairs_seconds(config, num: int) -> float:
@@ -82,13 +75,8 @@ def main(argv=None) -> dict:
                           "precomputed_steps_per_s": precomputed, "pairs": args.pairs, "pairs_seconds": seconds,
                           "break_even_steps": seconds / saved if saved > 0 else None}
             print(name, {k: v if v is None else round(v, 3) for k, v in rows[name].items()}, flush=True)  # None: never
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=1))
-    text = markdown(rows, machine, args)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    machine = common.machine()
+    common.write_result({"machine": machine, "args": vars(args), "rows": rows}, args.out, markdown(rows, machine, args))
     return rows
 
 

@@ -26,11 +26,8 @@ sets, (1 / icfm + 1 / assignment) * icfm.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -38,34 +35,21 @@ import optax
 
 from fm_jax import couplings
 from fm_jax.data import toy2d
-from fm_jax.train import build_loss, load_config
+from fm_jax.train import build_loss
 from fm_jax.models import MLP, functional
 from fm_jax.train.state import build_model
 from fm_jax.train.step import mixed_precision
 
-CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
 
 
 def steps_per_second(step_fn, params, steps_per_call: int, seconds: float) -> float:
+    """Adam steps/s on the gradients `step_fn(params, i)`, `steps_per_call` per jitted scan, calls queued."""
     opt = optax.adam(1e-3)
-
-    @jax.jit
-    def run(carry):
-        def body(carry, _):
-            params, state, i = carry
-            grads = step_fn(params, i)
-            updates, state = opt.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state, i + 1), None
-
-        return jax.lax.scan(body, carry, length=steps_per_call)[0]
-
-    carry = jax.block_until_ready(run((params, opt.init(params), jnp.zeros((), jnp.int32))))
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        carry = run(carry)
-        calls += 1
-    jax.block_until_ready(carry)
-    return calls * steps_per_call / (time.perf_counter() - start)
+    run = common.scanned_steps(step_fn, opt, length=steps_per_call)
+    carry = (params, opt.init(params), jnp.zeros((), jnp.int32))
+    return steps_per_call * common.calls_per_second(run, carry, seconds, wait_each=False)
 
 
 def assignments_per_second(x0, x1, calls: int, seconds: float) -> float:
@@ -80,12 +64,7 @@ def assignments_per_second(x0, x1, calls: int, seconds: float) -> float:
 
         return jax.lax.scan(body, x0, length=calls)[0]
 
-    jax.block_until_ready(run(x0))
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        jax.block_until_ready(run(x0))
-        done += calls
-    return done / (time.perf_counter() - start)
+    return calls * common.calls_per_second(lambda _: run(x0), None, seconds)
 
 
 def loss_over_bare(dim: int, width: int, precision: str, n: int, steps_per_call: int, seconds: float) -> dict:
@@ -126,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/train_speed.json")
     args = parser.parse_args(argv)
 
-    config = load_config(CONFIG)
+    config = common.config_with()
     apply, params = build_model(config)
     n = args.batch
     key = jax.random.key(0)
@@ -177,12 +156,8 @@ def main(argv=None):
         print(f"{name:<44} {value:.2f}x")
     models = [loss_over_bare(dim, 64 if dim == 2 else args.wide_width, precision, n, args.steps_per_call, args.seconds)
               for dim in args.dims for precision in args.precisions]
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine, "batch": n, "steps_per_call": args.steps_per_call,
-                   "steps_per_s": rates, "ratios": ratios, "models": models}, f, indent=1)
-    print(f"wrote {args.out}")
+    common.write_result({"machine": common.machine(), "batch": n, "steps_per_call": args.steps_per_call,
+                         "steps_per_s": rates, "ratios": ratios, "models": models}, args.out)
 
 
 if __name__ == "__main__":

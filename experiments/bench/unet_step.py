@@ -18,9 +18,8 @@ from XLA's cost analysis, the step's FLOPs and the achieved FLOP/s.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
+import sys
 import time
 
 import jax
@@ -34,15 +33,20 @@ from fm_jax.losses import cfm_loss
 from fm_jax.models import functional, unet
 from fm_jax.train.step import mixed_precision
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
 
-def make_step(grad_fn, optimizer):
-    @jax.jit
-    def step(params, opt_state, i):
-        grads = grad_fn(params, i)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
 
-    return step
+def median_call_seconds(steps: dict, carries: dict, calls: int) -> dict[str, float]:
+    """Median seconds of a call of each jitted step, their calls interleaved (`calls` rounds of one
+    call each), so that every step is timed under the same machine load."""
+    times = {name: [] for name in steps}
+    for call in range(calls):
+        for name, step in steps.items():
+            began = time.perf_counter()
+            carries[name] = jax.block_until_ready(step(*carries[name], call + 1))
+            times[name].append(time.perf_counter() - began)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -64,7 +68,7 @@ def main(argv=None):
     loss = cfm_loss(paths.CondOT())
     optimizer = optax.adam(1e-4)
     result = {"preset": args.preset, "params": unet.count_params(model), "shape": shape, "batch": n,
-              "machine": f"{platform.machine()} {jax.devices()[0].device_kind}", "precisions": {}}
+              "machine": common.machine(devices=True), "precisions": {}}
     for precision in args.precisions:
         net = mixed_precision(apply, precision)
         variants = {
@@ -73,7 +77,7 @@ def main(argv=None):
         }
         steps, carries, row = {}, {}, {}
         for name, fn in variants.items():
-            steps[name] = make_step(fn, optimizer)
+            steps[name] = jax.jit(common.optimizer_step(fn, optimizer))
             began = time.perf_counter()
             compiled = steps[name].lower(params, optimizer.init(params), 0).compile()
             row[f"{name}_compile_s"] = time.perf_counter() - began
@@ -81,14 +85,8 @@ def main(argv=None):
             cost = cost[0] if isinstance(cost, list) else cost
             row[f"{name}_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
             carries[name] = jax.block_until_ready(steps[name](params, optimizer.init(params), 0))
-        times = {name: [] for name in variants}
-        for call in range(args.calls):
-            for name in variants:
-                began = time.perf_counter()
-                carries[name] = jax.block_until_ready(steps[name](*carries[name], call + 1))
-                times[name].append(time.perf_counter() - began)
-        for name in variants:
-            row[f"{name}_step_s"] = float(np.median(times[name]))
+        for name, seconds in median_call_seconds(steps, carries, args.calls).items():
+            row[f"{name}_step_s"] = seconds
             row[f"{name}_images_per_s"] = n / row[f"{name}_step_s"]
             row[f"{name}_tflop_per_s"] = row[f"{name}_gflop"] / row[f"{name}_step_s"] / 1e3
         row["loss_over_bare_time"] = row["loss_step_s"] / row["bare_step_s"]
@@ -97,10 +95,7 @@ def main(argv=None):
               f"({row['loss_over_bare_time']:.3f}x), {row['loss_images_per_s']:.0f} images/s, "
               f"{row['loss_gflop']:.0f} GFLOP/step, {row['loss_tflop_per_s']:.2f} TFLOP/s, "
               f"compile {row['loss_compile_s']:.1f} s", flush=True)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    common.write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ over seeds of both sides' steps/s, their ratio and W2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import platform
+import sys
 import tempfile
 import time
 
@@ -35,10 +33,11 @@ import numpy as np
 
 from fm_jax import data, metrics, solvers
 from fm_jax.data import toy2d
-from fm_jax.train import apply_overrides, load_config, load_run, train
-from likelihood import write_result  # this folder's shared JSON writer
+from fm_jax.train import load_run
 
-CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+from experiments import common
+
 SIGMA = {"icfm": 0.1, "otcfm": 0.1, "sbcfm": 1.0}
 BATCH, LEARNING_RATE, WIDTH = 256, 1e-3, 64
 
@@ -101,18 +100,16 @@ def run_torch(method: str, source: str, target: str, steps: int, num: int, seed:
 
 
 def run_fm_jax(method: str, source: str, target: str, steps: int, num: int, seed: int) -> dict:
-    overrides = {"method": method, "source": source, "target": target, "seed": str(seed),
-                 "sigma": str(SIGMA[method]), "num_steps": str(steps), "batch_size": str(BATCH),
-                 "learning_rate": str(LEARNING_RATE), "steps_per_call": str(min(100, steps)), "log_every": str(steps)}
-    config = apply_overrides(load_config(CONFIG), overrides)
+    config = common.config_with({"method": method, "source": source, "target": target, "seed": seed,
+                                 "sigma": SIGMA[method], "num_steps": steps, "batch_size": BATCH,
+                                 "learning_rate": LEARNING_RATE, "steps_per_call": min(100, steps), "log_every": steps})
     with tempfile.TemporaryDirectory() as workdir:
-        train(config, workdir, progress=False)
-        summary = json.loads(pathlib.Path(workdir, "summary.json").read_text())
+        rate = common.train_rate(config, workdir)
         run = load_run(workdir)
     x0 = data.densities(source, target)[0].sample(jax.random.key(1000 + seed), num)
     vf = solvers.velocity_field(run.apply, run.params)
     x1 = jax.jit(lambda x: solvers.sample(vf, x, solver="dopri5", rtol=1e-4, atol=1e-4).x)(x0)
-    return {"steps_per_s": summary["steps_per_s"], "samples": np.asarray(x1)}
+    return {"steps_per_s": rate, "samples": np.asarray(x1)}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -121,9 +118,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     groups = {}
     for row in rows:
         groups.setdefault((row["task"], row["method"]), []).append(row)
-    return [{"task": task, "method": method, "seeds": len(group)}
-            | {k: {"mean": float(np.mean([r[k] for r in group])), "std": float(np.std([r[k] for r in group]))}
-               for k in keys}
+    return [{"task": task, "method": method, "seeds": len(group)} | common.mean_std(group, keys)
             for (task, method), group in groups.items()]
 
 
@@ -169,14 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}", flush=True)
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-                    "torchcfm": getattr(torchcfm, "__version__", "1.0.7")},
+        "machine": common.machine_info(jax=jax.__version__, torch=torch.__version__,
+                                       torchcfm=getattr(torchcfm, "__version__", "1.0.7")),
         "args": vars(args),
         "rows": rows,
         "summary": summarize(rows),
     }
-    write_result(result, args.out)
+    common.write_result(result, args.out)
     return result
 
 

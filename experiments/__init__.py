@@ -1,0 +1,1 @@
+"""The experiment and benchmark scripts; `experiments.common` holds what they share."""
