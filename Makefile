@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo gaussian test bench clean
+.PHONY: demo gaussian lint test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: $(BIN)/.installed
 
 gaussian: $(BIN)/.installed
 	$(BIN)/fm-jax gaussian
+
+# Static checks: ruff (lint and format) on the whole tree, mypy on the math modules.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check fm_jax tests experiments
+	$(BIN)/ruff format --check fm_jax tests experiments
+	$(BIN)/mypy
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n auto

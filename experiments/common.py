@@ -20,7 +20,8 @@ import os
 import pathlib
 import platform
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -48,12 +49,16 @@ def machine(devices: bool = False) -> str:
 def machine_info(**extra: Any) -> dict[str, Any]:
     """The machine of a result as a JSON object: platform, processor, CPU count, then `extra`
     (library versions, the device) in the order given."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()} | extra
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    } | extra
 
 
-def write_result(result: Mapping[str, Any], out: str | os.PathLike | None,
-                 markdown: str | None = None) -> pathlib.Path | None:
+def write_result(
+    result: Mapping[str, Any], out: str | os.PathLike | None, markdown: str | None = None
+) -> pathlib.Path | None:
     """Write `result` as JSON (indent 1) to `out`, creating its folder, and `markdown`, when given,
     beside it (`out` with the suffix `.md`); print the markdown and the files written.
 
@@ -73,8 +78,7 @@ def write_result(result: Mapping[str, Any], out: str | os.PathLike | None,
     return out
 
 
-def median_seconds(fn: Callable[[], Any], budget: float, min_repeats: int = 1,
-                   max_repeats: int | None = None) -> float:
+def median_seconds(fn: Callable[[], Any], budget: float, min_repeats: int = 1, max_repeats: int | None = None) -> float:
     """Median wall seconds of `fn()`, its result waited for (`jax.block_until_ready`), over repeats
     until `budget` seconds are spent: at least `min_repeats` times, at most `max_repeats` (None: no cap)."""
     times: list[float] = []
@@ -85,8 +89,9 @@ def median_seconds(fn: Callable[[], Any], budget: float, min_repeats: int = 1,
     return float(np.median(times))
 
 
-def calls_per_second(call: Callable[[Any], Any], carry: Any, seconds: float, *, min_calls: int = 1,
-                     wait_each: bool = True) -> float:
+def calls_per_second(
+    call: Callable[[Any], Any], carry: Any, seconds: float, *, min_calls: int = 1, wait_each: bool = True
+) -> float:
     """Calls per second of `carry = call(carry)`, timed over about `seconds` (at least `min_calls`
     calls) after one untimed call that compiles and warms.
 
@@ -108,6 +113,7 @@ def calls_per_second(call: Callable[[Any], Any], carry: Any, seconds: float, *, 
 def optimizer_step(grad_fn: Callable[..., Any], optimizer: optax.GradientTransformation) -> Callable[..., Any]:
     """`step(params, opt_state, *args) -> (params, opt_state)`: one bare update of `optimizer` on
     the gradients `grad_fn(params, *args)` (not jitted)."""
+
     def step(params, opt_state, *args):
         grads = grad_fn(params, *args)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -116,8 +122,9 @@ def optimizer_step(grad_fn: Callable[..., Any], optimizer: optax.GradientTransfo
     return step
 
 
-def scanned_steps(grad_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
-                  length: int | None = None) -> Callable[..., Any]:
+def scanned_steps(
+    grad_fn: Callable[..., Any], optimizer: optax.GradientTransformation, length: int | None = None
+) -> Callable[..., Any]:
     """A jitted `run((params, opt_state, i), xs=None) -> (params, opt_state, i + n)`: n bare
     optimizer steps in one `lax.scan`, step i on the gradients `grad_fn(params, i)`, or on
     `grad_fn(params, i, x)` for each x of `xs` along its leading axis (n = its length, else `length`)."""
@@ -151,5 +158,7 @@ def train_rate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
 def mean_std(cells: Sequence[Mapping[str, float]], keys: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """{key: {"mean": ..., "std": ...}} over `cells` (one per seed, say) for each of `keys` (by
     default the first cell's); the standard deviation is the population one (numpy's default)."""
-    return {k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
-            for k in (cells[0] if keys is None else keys)}
+    return {
+        k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
+        for k in (cells[0] if keys is None else keys)
+    }

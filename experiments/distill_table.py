@@ -50,11 +50,12 @@ import numpy as np
 
 from fm_jax import data, solvers
 from fm_jax.data import images
-from fm_jax.plots import plot_flow
+from fm_jax.plots import plot_flow, save_grid
+from fm_jax.solvers import SolverSpec
 from fm_jax.train.evaluate import evaluate, evaluate_flow, reference_w2_sq
 from fm_jax.train.image_eval import evaluate_images, image_nll
 from fm_jax.train.nll import held_out_nll
-from fm_jax.train.state import image_info, model_method
+from fm_jax.train.state import model_method
 from fm_jax.train.workdir import load_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
@@ -63,56 +64,97 @@ from experiments import common
 TASKS = ("normal:8gaussians", "normal:moons")
 NFES = (1, 2, 4, 8, 16)
 SOLVERS = ("dopri5",) + tuple(f"euler:{n}" for n in NFES)
+DENSITY_TOL = 1e-4  # Dopri5's rtol = atol on the 2D tasks; the image tasks use the default (solvers.DEFAULT_TOL)
 CELL = "distill_cell.json"  # a finished model's measurements, in its workdir under --keep
 COLUMNS = [f"w2_euler:{n}" for n in NFES] + ["w2_dopri5", "nfe", "curvature", "npe", "kl"]
 # Images: the pixel Frechet distance at every NFE (the quality the claims are judged by), W2 at
 # one step and with Dopri5, and bits/dim in the "kl" column.
-IMAGE_COLUMNS = [f"fd_euler:{n}" for n in NFES] + ["fd_dopri5", "w2_euler:1", "w2_dopri5", "nfe", "curvature",
-                                                   "npe", "kl"]
+IMAGE_COLUMNS = [f"fd_euler:{n}" for n in NFES] + [
+    "fd_dopri5",
+    "w2_euler:1",
+    "w2_dopri5",
+    "nfe",
+    "curvature",
+    "npe",
+    "kl",
+]
 
 
 def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **extra) -> float:
     """Train one model into `workdir`; its training steps/s."""
     source, target = task.split(":", 1) if not data.is_image_spec(task) else ("normal", task)
     overrides = {
-        "method": method, "source": source, "target": target, "seed": seed, "sigma": 0.0,
-        "num_steps": args.steps, "batch_size": args.batch, "steps_per_call": min(100, args.steps),
-        "log_every": args.steps, "checkpoint_every": args.steps, "beta": args.beta,
-        "flow.num_layers": args.flow_layers, "teacher.rtol": 1e-4, "teacher.atol": 1e-4,
+        "method": method,
+        "source": source,
+        "target": target,
+        "seed": seed,
+        "sigma": 0.0,
+        "num_steps": args.steps,
+        "batch_size": args.batch,
+        "steps_per_call": min(100, args.steps),
+        "log_every": args.steps,
+        "checkpoint_every": args.steps,
+        "beta": args.beta,
+        "flow.num_layers": args.flow_layers,
+        "teacher.rtol": 1e-4,
+        "teacher.atol": 1e-4,
     }
     if data.is_image_spec(task):
-        overrides |= {"steps_per_call": 1, "model.preset": args.preset, "encoder.preset": "tiny",
-                      "flow.kind": "tarflow", "flow.patch": 2, "teacher.solver": "euler",
-                      "teacher.steps": args.reflow_steps, "data.dir": args.data_dir}
+        overrides |= {
+            "steps_per_call": 1,
+            "model.preset": args.preset,
+            "encoder.preset": "tiny",
+            "flow.kind": "tarflow",
+            "flow.patch": 2,
+            "teacher.solver": "euler",
+            "teacher.steps": args.reflow_steps,
+            "data.dir": args.data_dir,
+        }
     config = common.config_with(overrides | extra, "images" if data.is_image_spec(task) else "toy2d")
     return common.train_rate(config, workdir)
 
 
 def measure_images(run, seed: int, args) -> dict:
-    report = evaluate_images(run, list(SOLVERS), args.num, seed=seed)["solvers"]
+    report = evaluate_images(run, [SolverSpec.parse(s) for s in SOLVERS], args.num, seed=seed)["solvers"]
     nll = image_nll(run, args.num, divergence="hutchinson", seed=seed)
     dopri = report["dopri5"]
-    return {f"w2_{spec}": row["w2"] for spec, row in report.items()} | {
-        f"fd_{spec}": row["fd_pixel"] for spec, row in report.items()} | {
-        "nfe": dopri["nfe"], "curvature": dopri["curvature"], "npe": dopri["normalized_path_energy"],
-        "kl": nll["bits_per_dim"]}
+    return (
+        {f"w2_{spec}": row["w2"] for spec, row in report.items()}
+        | {f"fd_{spec}": row["fd_pixel"] for spec, row in report.items()}
+        | {
+            "nfe": dopri["nfe"],
+            "curvature": dopri["curvature"],
+            "npe": dopri["normalized_path_energy"],
+            "kl": nll["bits_per_dim"],
+        }
+    )
 
 
 def measure(workdir: pathlib.Path, seed: int, w2_sq: float, args) -> dict:
     run = load_run(workdir)
-    if data.is_image_spec(run.config.target):
+    if run.spec.data.image is not None:
         return measure_images(run, seed, args)
-    kl = held_out_nll(run, args.num_nll, "exact", "dopri5", 1e-5, 1e-5, seed=seed)["kl"]
-    if run.config.method == "flow":
+    kl = held_out_nll(run, args.num_nll, "exact", SolverSpec(), seed=seed)["kl"]
+    if run.spec.method.model == "flow":
         row = evaluate_flow(run, args.num, seed=1000 + seed)["solvers"]["flow"]
         cell = {f"w2_euler:{n}": row["w2"] for n in NFES}
-        return cell | {"w2_dopri5": row["w2"], "nfe": row["passes"], "curvature": float("nan"),
-                       "npe": float("nan"), "kl": kl}
-    report = evaluate(run, list(SOLVERS), args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)["solvers"]
+        return cell | {
+            "w2_dopri5": row["w2"],
+            "nfe": row["passes"],
+            "curvature": float("nan"),
+            "npe": float("nan"),
+            "kl": kl,
+        }
+    specs = [SolverSpec.parse(s, DENSITY_TOL, DENSITY_TOL) for s in SOLVERS]
+    report = evaluate(run, specs, args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)["solvers"]
     cell = {f"w2_{spec}": row["w2"] for spec, row in report.items()}
     dopri = report["dopri5"]
-    return cell | {"nfe": dopri["nfe"], "curvature": dopri["curvature"], "npe": dopri["normalized_path_energy"],
-                   "kl": kl}
+    return cell | {
+        "nfe": dopri["nfe"],
+        "curvature": dopri["curvature"],
+        "npe": dopri["normalized_path_energy"],
+        "kl": kl,
+    }
 
 
 def plot(workdir: pathlib.Path, png: pathlib.Path, seed: int) -> None:
@@ -120,24 +162,30 @@ def plot(workdir: pathlib.Path, png: pathlib.Path, seed: int) -> None:
     (rows) at 9 equally spaced times from noise (left) to sample (right); a flow's one-shot samples."""
     run = load_run(workdir)
     key = jax.random.key(2000 + seed)
-    title = f"{workdir.name}: {run.config.target}"
-    if data.is_image_spec(run.config.target):
-        if run.config.method == "flow":
-            x = model_method(run.config, "sample")(run.params, key, 64)
-            return images.save_grid(png, images.to_unit(x), 8)
-        x0 = jax.random.normal(key, (8, *image_info(run.config).shape))
+    title = f"{workdir.name}: {run.spec.data.target}"
+    dopri = SolverSpec(rtol=DENSITY_TOL, atol=DENSITY_TOL)
+    if run.spec.data.image is not None:
+        if run.spec.method.model == "flow":
+            x = model_method(run.spec.model, "sample")(run.params, key, 64)
+            return save_grid(png, images.to_unit(x), 8)
+        x0 = jax.random.normal(key, (8, *run.spec.data.shape))
         vf = solvers.velocity_field(run.apply, run.params)
-        traj = jax.jit(lambda x: solvers.sample(vf, x, "dopri5", rtol=1e-4, atol=1e-4, save_trajectory=9))(x0)
-        return images.save_grid(png, images.to_unit(np.swapaxes(np.asarray(traj.trajectory), 0, 1).reshape(
-            -1, *x0.shape[1:])), 9)
-    source, target = data.densities(run.config.source, run.config.target)
+        traj = jax.jit(lambda x: solvers.sample(vf, x, dopri, save_trajectory=9))(x0)
+        return save_grid(
+            png, images.to_unit(np.swapaxes(np.asarray(traj.trajectory), 0, 1).reshape(-1, *x0.shape[1:])), 9
+        )
+    source, target = run.spec.data.densities()
     k_src, k_tgt = jax.random.split(key)
-    if run.config.method == "flow":
-        return plot_flow(png, model_method(run.config, "sample")(run.params, k_src, 1000),
-                         target.sample(k_tgt, 2000), None, title)
+    if run.spec.method.model == "flow":
+        return plot_flow(
+            png,
+            model_method(run.spec.model, "sample")(run.params, k_src, 1000),
+            target.sample(k_tgt, 2000),
+            None,
+            title,
+        )
     vf = solvers.velocity_field(run.apply, run.params)
-    sol = jax.jit(lambda x: solvers.sample(vf, x, "dopri5", rtol=1e-4, atol=1e-4, save_trajectory=33))(
-        source.sample(k_src, 1000))
+    sol = jax.jit(lambda x: solvers.sample(vf, x, dopri, save_trajectory=33))(source.sample(k_src, 1000))
     plot_flow(png, sol.x, target.sample(k_tgt, 2000), sol.trajectory, f"{title}, NFE {int(sol.nfe)}")
 
 
@@ -160,8 +208,11 @@ def run_task_seed(task: str, seed: int, args) -> dict:
                 return
             summary = root / name / "summary.json"  # written when a run finishes
             # A finished run is measured again; an interrupted one resumes from its checkpoint.
-            rate = json.loads(summary.read_text())["steps_per_s"] if summary.is_file() else \
-                train_run(root / name, method, task, seed, args, **extra)
+            rate = (
+                json.loads(summary.read_text())["steps_per_s"]
+                if summary.is_file()
+                else train_run(root / name, method, task, seed, args, **extra)
+            )
             cells[name] = measure(root / name, seed, w2_sq, args) | {"steps_per_s": rate}
             done.write_text(json.dumps(cells[name]))
             print(task, f"seed {seed}", name, {k: round(v, 4) for k, v in cells[name].items()}, flush=True)
@@ -177,8 +228,11 @@ def run_task_seed(task: str, seed: int, args) -> dict:
         # On images the teacher's coarse Euler ODE generates the pairs forward from x0 ~ N(0, I)
         # (rectified flow's recipe), so the student's x0 are exactly Gaussian; run backward in
         # a few Euler steps, the data's x0 are not.
-        do("reflow", "reflow", **{"teacher.workdir": root / "icfm"} | (
-            {"teacher.direction": "forward"} if images else {}))
+        do(
+            "reflow",
+            "reflow",
+            **{"teacher.workdir": root / "icfm"} | ({"teacher.direction": "forward"} if images else {}),
+        )
         for eta in args.etas:
             # Image flows keep no EMA: after 2,000 steps an EMA of 0.999 still holds 14 % of the
             # initial weights, and that average is a far worse flow (21.7 against 5.5 bits/dim).
@@ -193,10 +247,14 @@ def title(task: str) -> str:
 
 def claims(table: dict) -> list[str]:
     """The issue's claims, each stated as holding or not on every task."""
+
     def holds(test) -> str:
         verdicts = {task: test(rows) for task, rows in table.items()}
-        return "holds on every task" if all(verdicts.values()) else \
-            "does not hold on " + ", ".join(t for t, ok in verdicts.items() if not ok)
+        return (
+            "holds on every task"
+            if all(verdicts.values())
+            else "does not hold on " + ", ".join(t for t, ok in verdicts.items() if not ok)
+        )
 
     # The quality column: W2 on densities, the pixel Frechet distance on images.
     mean = lambda rows, name, col: rows[name][col.replace("w2_", "fd_") if "fd_dopri5" in rows[name] else col]["mean"]
@@ -204,52 +262,99 @@ def claims(table: dict) -> list[str]:
     images = [data.is_image_spec(task) for task in table]
     q = "FD" if all(images) else "W2, FD on images," if any(images) else "W2"
     out = [
-        "- Learned and distilled couplings straighten trajectories (curvature below I-CFM's, every one): " + holds(
-            lambda rows: all(mean(rows, n, "curvature") < mean(rows, "icfm", "curvature") for n in learned(rows))),
+        "- Learned and distilled couplings straighten trajectories (curvature below I-CFM's, every one): "
+        + holds(lambda rows: all(mean(rows, n, "curvature") < mean(rows, "icfm", "curvature") for n in learned(rows))),
         f"- They win at few NFE against independent pairs ({q} at Euler NFE 1 and 2 below I-CFM's, every one): "
-        + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "icfm", f"w2_euler:{k}")
-                                 for n in learned(rows) for k in (1, 2))),
+        + holds(
+            lambda rows: all(
+                mean(rows, n, f"w2_euler:{k}") < mean(rows, "icfm", f"w2_euler:{k}")
+                for n in learned(rows)
+                for k in (1, 2)
+            )
+        ),
         f"- ... and against minibatch OT pairs ({q} at Euler NFE 1 and 2 below OT-CFM's, every one): "
-        + holds(lambda rows: all(mean(rows, n, f"w2_euler:{k}") < mean(rows, "otcfm", f"w2_euler:{k}")
-                                 for n in learned(rows) for k in (1, 2))),
-        f"- The NFM student beats its teacher flow ({q} with Dopri5 below the flow's, every eta): " + holds(
-            lambda rows: all(mean(rows, n, "w2_dopri5") < mean(rows, n.replace("nfm", "flow"), "w2_dopri5")
-                             for n in rows if n.startswith("nfm"))),
+        + holds(
+            lambda rows: all(
+                mean(rows, n, f"w2_euler:{k}") < mean(rows, "otcfm", f"w2_euler:{k}")
+                for n in learned(rows)
+                for k in (1, 2)
+            )
+        ),
+        f"- The NFM student beats its teacher flow ({q} with Dopri5 below the flow's, every eta): "
+        + holds(
+            lambda rows: all(
+                mean(rows, n, "w2_dopri5") < mean(rows, n.replace("nfm", "flow"), "w2_dopri5")
+                for n in rows
+                if n.startswith("nfm")
+            )
+        ),
     ]
     for task, rows in table.items():
         etas = [n for n in rows if n.startswith("nfm")]
-        out.append(f"- Effect of eta on {title(task)}: " + "; ".join(
-            f"{n}: {'FD' if 'fd_dopri5' in rows[n] else 'W2'} Euler-1 {mean(rows, n, 'w2_euler:1'):.3f}, "
-            f"Dopri5 {mean(rows, n, 'w2_dopri5'):.3f}, "
-            f"curvature {mean(rows, n, 'curvature'):.3f}" for n in etas))
+        out.append(
+            f"- Effect of eta on {title(task)}: "
+            + "; ".join(
+                f"{n}: {'FD' if 'fd_dopri5' in rows[n] else 'W2'} Euler-1 {mean(rows, n, 'w2_euler:1'):.3f}, "
+                f"Dopri5 {mean(rows, n, 'w2_dopri5'):.3f}, "
+                f"curvature {mean(rows, n, 'curvature'):.3f}"
+                for n in etas
+            )
+        )
     return out
 
 
 def markdown(table: dict, machine: str, args) -> str:
     heads = [f"W2 NFE {n}" for n in NFES] + ["W2 Dopri5", "NFE", "curvature", "NPE", "KL (nats)", "steps/s"]
-    image_heads = [f"FD NFE {n}" for n in NFES] + ["FD Dopri5", "W2 NFE 1", "W2 Dopri5", "NFE", "curvature", "NPE",
-                                                  "bits/dim", "steps/s"]
+    image_heads = [f"FD NFE {n}" for n in NFES] + [
+        "FD Dopri5",
+        "W2 NFE 1",
+        "W2 Dopri5",
+        "NFE",
+        "curvature",
+        "NPE",
+        "bits/dim",
+        "steps/s",
+    ]
     on_images = any(data.is_image_spec(task) for task in table)
-    measured = (f"pixel Fréchet distance (FD) and W2 against {args.num} held-out images, held-out bits/dim (Hutchinson), `{args.preset}` U-Net, TarFlow "
-                f"teacher of {args.flow_layers} blocks, reflow teacher in {args.reflow_steps} Euler steps" if on_images
-                else f"W2 on {args.num} samples, KL on {args.num_nll} held-out points")
-    command = (f"python experiments/distill_table.py --tasks {' '.join(table)} --steps {args.steps} --batch "
-               f"{args.batch} --seeds {args.seeds} --num {args.num} --etas {' '.join(f'{e:g}' for e in args.etas)}"
-               + (f" --preset {args.preset} --flow-layers {args.flow_layers} --reflow-steps {args.reflow_steps}"
-                  if on_images else ""))
-    lines = [f"Learned and distilled couplings, {args.steps} steps at batch {args.batch} each, {args.seeds} seed(s), "
-             f"{measured} ({machine}); mean ± std over seeds; `{command}`.", ""]
+    measured = (
+        f"pixel Fréchet distance (FD) and W2 against {args.num} held-out images, held-out bits/dim (Hutchinson), `{args.preset}` U-Net, TarFlow "
+        f"teacher of {args.flow_layers} blocks, reflow teacher in {args.reflow_steps} Euler steps"
+        if on_images
+        else f"W2 on {args.num} samples, KL on {args.num_nll} held-out points"
+    )
+    command = (
+        f"python experiments/distill_table.py --tasks {' '.join(table)} --steps {args.steps} --batch "
+        f"{args.batch} --seeds {args.seeds} --num {args.num} --etas {' '.join(f'{e:g}' for e in args.etas)}"
+        + (
+            f" --preset {args.preset} --flow-layers {args.flow_layers} --reflow-steps {args.reflow_steps}"
+            if on_images
+            else ""
+        )
+    )
+    lines = [
+        f"Learned and distilled couplings, {args.steps} steps at batch {args.batch} each, {args.seeds} seed(s), "
+        f"{measured} ({machine}); mean ± std over seeds; `{command}`.",
+        "",
+    ]
     for task, rows in table.items():
         shown = image_heads if data.is_image_spec(task) else heads
-        lines += [f"**{title(task)}**", "",
-                  "| method | " + " | ".join(shown) + " |", "| --- |" + " ---: |" * len(shown)]
+        lines += [
+            f"**{title(task)}**",
+            "",
+            "| method | " + " | ".join(shown) + " |",
+            "| --- |" + " ---: |" * len(shown),
+        ]
         columns = IMAGE_COLUMNS if data.is_image_spec(task) else COLUMNS
         for name, stats in rows.items():
             cells = [f"{stats[c]['mean']:.3g} ± {stats[c]['std']:.2g}" for c in columns + ["steps_per_s"]]
             lines.append(f"| {name} | " + " | ".join(cells).replace("nan ± nan", "–") + " |")
         lines.append("")
-    return "\n".join(lines + ["Claims (Lee et al. 2023; Berthelot et al. 2026), checked on the means above:", ""]
-                     + claims(table)) + "\n"
+    return (
+        "\n".join(
+            lines + ["Claims (Lee et al. 2023; Berthelot et al. 2026), checked on the means above:", ""] + claims(table)
+        )
+        + "\n"
+    )
 
 
 def main(argv=None):
@@ -279,8 +384,9 @@ def main(argv=None):
         print(text)
         return saved["table"]
     by_seed = {task: [run_task_seed(task, seed, args) for seed in range(args.seeds)] for task in args.tasks}
-    table = {task: {name: common.mean_std([c[name] for c in cells]) for name in cells[0]}
-             for task, cells in by_seed.items()}
+    table = {
+        task: {name: common.mean_std([c[name] for c in cells]) for name in cells[0]} for task, cells in by_seed.items()
+    }
     machine = common.machine()
     common.write_result({"machine": machine, "args": vars(args), "table": table}, out, markdown(table, machine, args))
     return table

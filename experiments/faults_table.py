@@ -26,13 +26,29 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "experiments" / "configs" / "toy2d.py")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-BASE = ["--config.method=icfm", "--config.batch_size=64", "--config.steps_per_call=10", "--config.log_every=50",
-        "--config.checkpoint_every=100"]
+BASE = [
+    "--config.method=icfm",
+    "--config.batch_size=64",
+    "--config.steps_per_call=10",
+    "--config.log_every=50",
+    "--config.checkpoint_every=100",
+]
 
 
 def cmd(workdir, *extra, steps=600):
-    return [sys.executable, "-m", "fm_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir), *BASE,
-            f"--config.num_steps={steps}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fm_jax.cli",
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        *BASE,
+        f"--config.num_steps={steps}",
+        *extra,
+    ]
 
 
 def run(args, timeout=300) -> dict:
@@ -43,15 +59,24 @@ def run(args, timeout=300) -> dict:
         return {"rc": "timeout", "said": f"no exit within {timeout} s", "s": timeout}
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
     said = next((line for line in reversed(lines) if not line.startswith(("  ", "WARNING", "I1", "E1", "W1"))), "")
-    return {"rc": proc.returncode, "said": said[:200], "stderr_lines": len(lines), "s": round(time.monotonic() - began, 1)}
+    return {
+        "rc": proc.returncode,
+        "said": said[:200],
+        "stderr_lines": len(lines),
+        "s": round(time.monotonic() - began, 1),
+    }
 
 
 def params(workdir):
     """The final params of a run (numpy), or None when it cannot be read."""
-    code = ("import sys, numpy as np, jax, fm_jax.train as t; r = t.load_run(sys.argv[1]); "
-            "np.savez(sys.argv[2], step=r.step, *[np.asarray(x) for x in jax.tree.leaves(r.params)])")
+    code = (
+        "import sys, numpy as np, jax, fm_jax.train as t; r = t.load_run(sys.argv[1]); "
+        "np.savez(sys.argv[2], step=r.step, *[np.asarray(x) for x in jax.tree.leaves(r.params)])"
+    )
     out = pathlib.Path(workdir).parent / f"{pathlib.Path(workdir).name}_params.npz"
-    proc = subprocess.run([sys.executable, "-c", code, str(workdir), str(out)], env=ENV, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(workdir), str(out)], env=ENV, capture_output=True, timeout=120
+    )
     if proc.returncode:
         return None
     import numpy as np
@@ -88,9 +113,13 @@ def wait_for(pred, proc, seconds=180):
 def outcome(workdir, reference) -> dict:
     mine = params(workdir)
     lines = log_lines(workdir)
-    return {"final_step": None if mine is None else int(mine["step"]), "bitwise_equal": same(mine, reference),
-            "log_lines": len(lines), "duplicate_log_lines": len(lines) - len({l["step"] for l in lines}),
-            "log_equal": [round(l["loss"], 9) for l in lines] == REF_LOG}
+    return {
+        "final_step": None if mine is None else int(mine["step"]),
+        "bitwise_equal": same(mine, reference),
+        "log_lines": len(lines),
+        "duplicate_log_lines": len(lines) - len({line["step"] for line in lines}),
+        "log_equal": [round(line["loss"], 9) for line in lines] == REF_LOG,
+    }
 
 
 REF_LOG: list = []
@@ -116,8 +145,10 @@ def all_damaged(tmp, reference) -> dict:
     w = tmp / "all_damaged"
     run(cmd(w, steps=300))
     for step in steps_of(w):
-        files = sorted((f for f in (w / "checkpoints" / str(step) / "state").rglob("*") if f.is_file()),
-                       key=lambda f: f.stat().st_size)
+        files = sorted(
+            (f for f in (w / "checkpoints" / str(step) / "state").rglob("*") if f.is_file()),
+            key=lambda f: f.stat().st_size,
+        )
         files[-1].unlink()
     before = len(log_lines(w))
     rerun = run(cmd(w))
@@ -156,11 +187,23 @@ def free_port() -> int:
 
 def staggered(tmp, apart) -> dict:
     w, port = tmp / f"staggered_{apart}", free_port()
-    dist = lambda pid: ["--config.distributed.mode=manual", f"--config.distributed.coordinator=127.0.0.1:{port}",
-                        "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
-                        "--config.distributed.heartbeat_timeout_s=10"]
-    procs = [subprocess.Popen(cmd(w, *dist(pid), "--config.checkpoint_every=0", steps=10_000_000), env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    dist = lambda pid: [
+        "--config.distributed.mode=manual",
+        f"--config.distributed.coordinator=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={pid}",
+        "--config.distributed.heartbeat_timeout_s=10",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd(w, *dist(pid), "--config.checkpoint_every=0", steps=10_000_000),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(2)
+    ]
     started = wait_for(lambda: bool(log_lines(w)), procs[0])
     signalled = time.monotonic()
     procs[1].send_signal(signal.SIGTERM)
@@ -186,8 +229,11 @@ def two_writers(tmp) -> dict:
     second = run(cmd(w, steps=20_000), timeout=600)
     first.communicate(timeout=600)
     lines = log_lines(w)
-    return {"second": second, "first_rc": first.returncode,
-            "duplicate_log_lines": len(lines) - len({l["step"] for l in lines})}
+    return {
+        "second": second,
+        "first_rc": first.returncode,
+        "duplicate_log_lines": len(lines) - len({line["step"] for line in lines}),
+    }
 
 
 def model_fails(tmp) -> dict:
@@ -218,20 +264,29 @@ def sigterm_resume(tmp) -> dict:
     stopped = steps_of(w)[-1:]
     rerun = run(cmd(w, steps=6000))
     lines, ref_lines = log_lines(w), log_lines(whole)
-    return {"stop_rc": proc.returncode, "stopped_at": stopped, "rerun": rerun,
-            "bitwise_equal": same(params(w), params(whole)),
-            "log_equal": [l["loss"] for l in lines] == [l["loss"] for l in ref_lines],
-            "duplicate_log_lines": len(lines) - len({l["step"] for l in lines})}
+    return {
+        "stop_rc": proc.returncode,
+        "stopped_at": stopped,
+        "rerun": rerun,
+        "bitwise_equal": same(params(w), params(whole)),
+        "log_equal": [line["loss"] for line in lines] == [line["loss"] for line in ref_lines],
+        "duplicate_log_lines": len(lines) - len({line["step"] for line in lines}),
+    }
 
 
 def slow_stop(tmp) -> dict:
     w = tmp / "slow"
-    slow = ["--config.steps_per_call=100", "--config.log_every=100", "--config.checkpoint_every=0",
-            "--config.batch_size=4096", "--config.model.width=1024", "--config.model.depth=4"]
+    slow = [
+        "--config.steps_per_call=100",
+        "--config.log_every=100",
+        "--config.checkpoint_every=0",
+        "--config.batch_size=4096",
+        "--config.model.width=1024",
+        "--config.model.depth=4",
+    ]
     err_path = tmp / "slow.err"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd(w, *slow, steps=1000), env=ENV,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(cmd(w, *slow, steps=1000), env=ENV, stdout=subprocess.PIPE, stderr=err, text=True)
         wait_for(lambda: "step/s" in err_path.read_text(), proc)
         time.sleep(2.0)
         signalled = time.monotonic()
@@ -240,7 +295,11 @@ def slow_stop(tmp) -> dict:
             proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return {"rc": proc.returncode, "signal_to_exit_s": round(time.monotonic() - signalled, 1), "checkpoints": steps_of(w)}
+    return {
+        "rc": proc.returncode,
+        "signal_to_exit_s": round(time.monotonic() - signalled, 1),
+        "checkpoints": steps_of(w),
+    }
 
 
 def nan_stop(tmp) -> dict:
@@ -250,8 +309,16 @@ def nan_stop(tmp) -> dict:
     x[::2500] = 1e20
     np.save(tmp / "overflow.npy", x)
     w = tmp / "nan"
-    r = run(cmd(w, f"--config.target=file:{tmp / 'overflow.npy'}", "--config.log_every=200000",
-                "--config.checkpoint_every=0", steps=200_000), timeout=600)
+    r = run(
+        cmd(
+            w,
+            f"--config.target=file:{tmp / 'overflow.npy'}",
+            "--config.log_every=200000",
+            "--config.checkpoint_every=0",
+            steps=200_000,
+        ),
+        timeout=600,
+    )
     return {"run": r}
 
 
@@ -263,8 +330,12 @@ def small(tmp, reference_dir) -> dict:
         "sigma=-1": run(cmd(tmp / "sigma", "--config.sigma=-1", steps=20)),
         "workdir is a file": run(cmd(tmp / "a_file", steps=20)),
         "text file as .npy": run(cmd(tmp / "txt", f"--config.target=file:{tmp / 'text.npy'}", steps=20)),
-        "eval --solvers euler": run(cli + ["eval", "--workdir", str(reference_dir), "--solvers", "euler", "--num", "200"]),
-        "sample --solver euler": run(cli + ["sample", "--workdir", str(reference_dir), "--solver", "euler", "--num", "50"]),
+        "eval --solvers euler": run(
+            cli + ["eval", "--workdir", str(reference_dir), "--solvers", "euler", "--num", "200"]
+        ),
+        "sample --solver euler": run(
+            cli + ["sample", "--workdir", str(reference_dir), "--solver", "euler", "--num", "50"]
+        ),
         "eval --num 1": run(cli + ["eval", "--workdir", str(reference_dir), "--solvers", "euler:2", "--num", "1"]),
     }
 
@@ -279,7 +350,7 @@ def main() -> None:
     reference_dir = tmp / "reference"
     run(cmd(reference_dir))
     reference = params(reference_dir)
-    REF_LOG.extend(round(l["loss"], 9) for l in log_lines(reference_dir))
+    REF_LOG.extend(round(line["loss"], 9) for line in log_lines(reference_dir))
     rows = {}
     for name, fn in [
         ("damaged newest: truncated file", lambda: damaged(tmp, reference, "truncated")),

@@ -22,6 +22,8 @@ import sys
 import tempfile
 
 from fm_jax.data import images
+from fm_jax.plots import save_grid
+from fm_jax.solvers import SolverSpec
 from fm_jax.train.image_eval import evaluate_images, image_nll, sample_images
 from fm_jax.train.workdir import load_run
 
@@ -33,42 +35,62 @@ SOLVERS = ("dopri5", "euler:10", "euler:2")
 
 
 def run_cell(dataset: str, method: str, args) -> dict:
-    config = common.config_with({
-        "method": method, "target": f"tfds:{dataset}", "num_steps": args.steps, "batch_size": args.batch,
-        "steps_per_call": 1, "log_every": args.steps, "checkpoint_every": args.steps, "model.preset": args.preset,
-        "data.dir": args.data_dir,
-    }, "images")
+    config = common.config_with(
+        {
+            "method": method,
+            "target": f"tfds:{dataset}",
+            "num_steps": args.steps,
+            "batch_size": args.batch,
+            "steps_per_call": 1,
+            "log_every": args.steps,
+            "checkpoint_every": args.steps,
+            "model.preset": args.preset,
+            "data.dir": args.data_dir,
+        },
+        "images",
+    )
     with tempfile.TemporaryDirectory() as workdir:
         rate = common.train_rate(config, workdir)
         run = load_run(workdir)
-        report = evaluate_images(run, args.solvers, args.num)
-        nll = image_nll(run, args.num, divergence=args.divergence, solver=args.solvers[0])
+        specs = [SolverSpec.parse(s) for s in args.solvers]
+        report = evaluate_images(run, specs, args.num)
+        nll = image_nll(run, args.num, divergence=args.divergence, solver=specs[0])
         if args.grids:
             pathlib.Path(args.grids).mkdir(parents=True, exist_ok=True)
-            x = sample_images(run, 64, args.solvers[0])["x1"]
-            images.save_grid(pathlib.Path(args.grids) / f"{dataset}_{method}.png", images.to_unit(x), 8)
+            x = sample_images(run, 64, specs[0])["x1"]
+            save_grid(pathlib.Path(args.grids) / f"{dataset}_{method}.png", images.to_unit(x), 8)
     cell = {f"fd_{spec}": row["fd_pixel"] for spec, row in report["solvers"].items()}
     cell |= {f"w2_{spec}": row["w2"] for spec, row in report["solvers"].items()}
     dopri = report["solvers"][args.solvers[0]]
-    cell |= {"nfe": dopri["nfe"], "npe": dopri["normalized_path_energy"], "curvature": dopri["curvature"],
-             "bits_per_dim": nll["bits_per_dim"], "bits_per_dim_se": nll["bits_per_dim_se"], "steps_per_s": rate}
+    cell |= {
+        "nfe": dopri["nfe"],
+        "npe": dopri["normalized_path_energy"],
+        "curvature": dopri["curvature"],
+        "bits_per_dim": nll["bits_per_dim"],
+        "bits_per_dim_se": nll["bits_per_dim_se"],
+        "steps_per_s": rate,
+    }
     return cell
 
 
 def markdown(table: dict, machine: str, args) -> str:
     nan = float("nan")
-    lines = [f"Images: {args.steps} steps at batch {args.batch}, U-Net preset {args.preset}; "
-             f"{args.num} held-out test images; bits/dim with the {args.divergence} divergence; {machine}.", "",
-             "| dataset | method | bits/dim | NFE (Dopri5) | FD Dopri5 | FD Euler-10 | FD Euler-2 | W2 Dopri5 | "
-             "NPE | curvature | steps/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Images: {args.steps} steps at batch {args.batch}, U-Net preset {args.preset}; "
+        f"{args.num} held-out test images; bits/dim with the {args.divergence} divergence; {machine}.",
+        "",
+        "| dataset | method | bits/dim | NFE (Dopri5) | FD Dopri5 | FD Euler-10 | FD Euler-2 | W2 Dopri5 | "
+        "NPE | curvature | steps/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for dataset, rows in table.items():
         for method, c in rows.items():
             lines.append(
                 f"| {dataset} | {method} | {c['bits_per_dim']:.3f} ± {c['bits_per_dim_se']:.3f} | {c['nfe']:.0f} | "
                 f"{c.get('fd_dopri5', nan):.2f} | {c.get('fd_euler:10', nan):.2f} | {c.get('fd_euler:2', nan):.2f} | "
                 f"{c.get('w2_dopri5', nan):.2f} | "
-                f"{c['npe']:.3f} | {c['curvature']:.2f} | {c['steps_per_s']:.1f} |")
+                f"{c['npe']:.3f} | {c['curvature']:.2f} | {c['steps_per_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -80,10 +102,16 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--preset", default="small", help="U-Net preset (fm_jax.models.unet.PRESETS)")
     parser.add_argument("--num", type=int, default=300, help="held-out images for every metric")
-    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS),
-                        help="the first also integrates the likelihood and gives NFE, NPE and curvature")
+    parser.add_argument(
+        "--solvers",
+        nargs="+",
+        default=list(SOLVERS),
+        help="the first also integrates the likelihood and gives NFE, NPE and curvature",
+    )
     parser.add_argument("--divergence", choices=("exact", "hutchinson"), default="hutchinson")
-    parser.add_argument("--data-dir", default="", help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument(
+        "--data-dir", default="", help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
     parser.add_argument("--grids", default="", help="a directory for a PNG grid of samples per cell")
     parser.add_argument("--out", default="results/images.json")
     args = parser.parse_args(argv)
@@ -93,8 +121,9 @@ def main(argv=None):
             table[dataset][method] = cell = run_cell(dataset, method, args)
             print(dataset, method, json.dumps(cell), flush=True)
     machine = common.machine(devices=True)
-    common.write_result({"machine": machine, "args": vars(args), "table": table}, args.out,
-                        markdown(table, machine, args))
+    common.write_result(
+        {"machine": machine, "args": vars(args), "table": table}, args.out, markdown(table, machine, args)
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import pathlib
 import sys
 import tempfile
 
+from fm_jax.solvers import SolverSpec
 from fm_jax.train import train
 from fm_jax.train.evaluate import evaluate, reference_w2_sq
-from fm_jax.train.methods import GAUSSIAN_SOURCE_ONLY
+from fm_jax.train.methods import METHODS
 from fm_jax.train.workdir import load_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
@@ -31,24 +32,37 @@ from experiments import common
 
 TASKS = ("normal:8gaussians", "moons:8gaussians", "normal:moons", "normal:scurve")
 SOLVERS = ("dopri5", "euler:100", "euler:10", "euler:2")
+TOL = 1e-4  # Dopri5's rtol = atol, as torchdiffeq's comparisons use
 SIGMA = {"sbcfm": 1.0}
 PAPER_METHODS = ("icfm", "otcfm", "sbcfm", "fm", "si")  # the OT-CFM paper's 2D methods
 
 
 def run_cell(method: str, source: str, target: str, seed: int, w2_sq: float, args) -> dict:
-    config = common.config_with({
-        "method": method, "source": source, "target": target, "seed": seed, "sigma": SIGMA.get(method, 0.1),
-        "num_steps": args.steps, "batch_size": args.batch, "steps_per_call": min(100, args.steps),
-        "log_every": args.steps,
-    })
+    config = common.config_with(
+        {
+            "method": method,
+            "source": source,
+            "target": target,
+            "seed": seed,
+            "sigma": SIGMA.get(method, 0.1),
+            "num_steps": args.steps,
+            "batch_size": args.batch,
+            "steps_per_call": min(100, args.steps),
+            "log_every": args.steps,
+        }
+    )
     with tempfile.TemporaryDirectory() as workdir:
         train(config, workdir, progress=False)
         # The rate of the last log line (at the end: log_every is the whole run), as the table was made.
         rate = json.loads(pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()[-1])["steps_per_s"]
-        report = evaluate(load_run(workdir), list(SOLVERS), args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)
+        specs = [SolverSpec.parse(s, TOL, TOL) for s in SOLVERS]
+        report = evaluate(load_run(workdir), specs, args.num, seed=1000 + seed, w2_sq_source_target=w2_sq)
     cell = {f"w2_{spec}": row["w2"] for spec, row in report["solvers"].items()}
-    cell.update(nfe=report["solvers"]["dopri5"]["nfe"], npe=report["solvers"]["dopri5"]["normalized_path_energy"],
-                steps_per_s=rate)
+    cell.update(
+        nfe=report["solvers"]["dopri5"]["nfe"],
+        npe=report["solvers"]["dopri5"]["normalized_path_energy"],
+        steps_per_s=rate,
+    )
     return cell
 
 
@@ -58,7 +72,7 @@ def run_task_seed(task: str, seed: int, args) -> dict:
     w2_sq = reference_w2_sq(source, target, args.num, seed=1000 + seed)
     cells = {}
     for method in args.methods:
-        if method in GAUSSIAN_SOURCE_ONLY and source != "normal":
+        if METHODS[method].normal_source_only and source != "normal":
             continue
         cells[method] = run_cell(method, source, target, seed, w2_sq, args)
         print(task, method, f"seed {seed}", {k: round(v, 4) for k, v in cells[method].items()}, flush=True)
@@ -69,13 +83,20 @@ def markdown(table: dict, machine: str, args) -> str:
     cols = [f"w2_{s}" for s in SOLVERS] + ["nfe", "npe", "steps_per_s"]
     heads = ["W2 dopri5", "W2 euler 100", "W2 euler 10", "W2 euler 2", "NFE", "NPE", "steps/s"]
     shared = f", {args.workers} runs at a time sharing the CPU" if args.workers > 1 else ""
-    lines = [f"2D flows, {args.steps} steps at batch {args.batch}, {args.seeds} seeds, W2 on {args.num} samples "
-             f"({machine}{shared}); mean ± std over seeds; NPE = normalized path energy (Dopri5); "
-             f"`python experiments/toy2d_table.py --steps {args.steps} --seeds {args.seeds} --num {args.num} "
-             f"--workers {args.workers}`.", ""]
+    lines = [
+        f"2D flows, {args.steps} steps at batch {args.batch}, {args.seeds} seeds, W2 on {args.num} samples "
+        f"({machine}{shared}); mean ± std over seeds; NPE = normalized path energy (Dopri5); "
+        f"`python experiments/toy2d_table.py --steps {args.steps} --seeds {args.seeds} --num {args.num} "
+        f"--workers {args.workers}`.",
+        "",
+    ]
     for task, rows in table.items():
-        lines += [f"**{task.replace(':', ' → ')}**", "", "| method | " + " | ".join(heads) + " |",
-                  "| --- |" + " ---: |" * len(heads)]
+        lines += [
+            f"**{task.replace(':', ' → ')}**",
+            "",
+            "| method | " + " | ".join(heads) + " |",
+            "| --- |" + " ---: |" * len(heads),
+        ]
         for method, stats in rows.items():
             if stats is None:
                 lines.append(f"| {method} | " + " | ".join(["n/a"] * len(heads)) + " |")
@@ -94,15 +115,21 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--num", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes running (task, seed) groups at once; >1 shares the CPU, so steps/s drops")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running (task, seed) groups at once; >1 shares the CPU, so steps/s drops",
+    )
     parser.add_argument("--out", default="results/toy2d.json")
     args = parser.parse_args(argv)
 
     groups = [(task, seed) for task in args.tasks for seed in range(args.seeds)]
     if args.workers > 1:
         # Separate processes (spawned: JAX is not fork-safe), each training and evaluating whole cells.
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            args.workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             results = list(pool.map(run_task_seed, *zip(*groups), [args] * len(groups)))
     else:
         results = [run_task_seed(task, seed, args) for task, seed in groups]
@@ -114,8 +141,9 @@ def main(argv=None):
             cells = [by_group[task, seed][method] for seed in range(args.seeds) if method in by_group[task, seed]]
             table[task][method] = common.mean_std(cells) if cells else None
     machine = common.machine()
-    common.write_result({"machine": machine, "args": vars(args), "table": table}, args.out,
-                        markdown(table, machine, args))
+    common.write_result(
+        {"machine": machine, "args": vars(args), "table": table}, args.out, markdown(table, machine, args)
+    )
     return table
 
 

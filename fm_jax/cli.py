@@ -36,23 +36,20 @@ import json
 import pathlib
 import signal
 import sys
-import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fm_jax import paths, solvers
-from fm_jax.gaussian import GaussianFlow
+from fm_jax.gaussian import solver_errors
+from fm_jax.solvers import DEFAULT_TOL, SolverSpec
 
-# Methods whose velocity gives the score: a Gaussian path with x0 ~ N(0, I) drawn independently of x1.
-SCORE_METHODS = ("icfm", "fm", "fm_vp", "si")
 # `fm-jax train` stopped by SIGTERM/SIGINT with its state saved: rerun the same command to resume
 # (EX_TEMPFAIL of sysexits.h; a config error exits 1, a kill before the first step 143).
 EXIT_RESUMABLE = 75
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun", "ralston", "bosh3", "tsit5", "dopri5", "dopri8")
-ADAPTIVE_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
+# How many samples a command draws unless --num says otherwise: (density runs, image runs).
+DEFAULT_NUM = {"sample": (2000, 100), "eval": (10_000, 1000)}
 
 
 def _path_params(text: str) -> dict:
@@ -67,27 +64,14 @@ def _path_params(text: str) -> dict:
 
 
 def gaussian(args: argparse.Namespace) -> list[dict]:
-    """Sample a closed-form Gaussian flow with each solver; print and return the errors."""
+    """Sample a closed-form Gaussian flow with each solver (`fm_jax.gaussian.solver_errors`); print and return the errors."""
     try:
         path = paths.get_path(args.path, **_path_params(args.path_params))
+        rows = solver_errors(
+            path, args.mu, args.scale, args.dim, args.num, args.steps, args.tol, args.t0, args.t1, args.seed
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    if not 0.0 <= args.t0 < args.t1 <= 1.0:
-        raise SystemExit(f"Need 0 <= t0 < t1 <= 1, got t0={args.t0}, t1={args.t1}.")
-    mu1 = jnp.zeros(args.dim).at[0].set(args.mu)
-    flow = GaussianFlow(path, mu1=mu1, s1=args.scale)
-    x_start = flow.sample(jax.random.key(args.seed), args.t0, args.num, args.dim)
-    for t in (args.t0, args.t1):
-        if not np.all(np.isfinite(flow.velocity(t, x_start[:8]))):
-            raise SystemExit(
-                f"The velocity of {path!r} is not finite at t = {t} (a schedule's derivative is infinite "
-                "there): integrate inside the interval, e.g. --t0 0.001 --t1 0.999."
-            )
-    exact = flow.flow_map(x_start, t=args.t1, s=args.t0)
-    mean_t1, var_t1 = flow.marginal(jnp.asarray(args.t1))
-
-    runs = [(name, {"steps": args.steps}) for name in FIXED_STEP_SOLVERS]
-    runs += [(name, {"rtol": args.tol, "atol": args.tol}) for name in ADAPTIVE_SOLVERS]
     print(
         f"{path!r}: N(0, I) -> N({args.mu} e1, {args.scale}^2 I) in {args.dim} dims, "
         f"{args.num} samples, t = {args.t0} -> {args.t1}"
@@ -95,27 +79,10 @@ def gaussian(args: argparse.Namespace) -> list[dict]:
     header = f"{'solver':<9} {'mode':<13} {'NFE':>5} {'rms err':>10} {'mean err':>10} {'std err':>10} {'time s':>7}"
     print(header)
     print("-" * len(header))
-    rows = []
-    for name, mode in runs:
-        solve = jax.jit(lambda x: solvers.sample(flow.velocity, x, solver=name, t0=args.t0, t1=args.t1, **mode))
-        solve(x_start).x.block_until_ready()  # compile outside the timing
-        start = time.perf_counter()
-        sol = solve(x_start)
-        x = np.asarray(sol.x)
-        seconds = time.perf_counter() - start
-        row = {
-            "solver": name,
-            "mode": f"steps={args.steps}" if "steps" in mode else f"tol={args.tol:g}",
-            "nfe": int(sol.nfe),
-            "rms_error": float(np.sqrt(np.mean((x - np.asarray(exact)) ** 2))),
-            "mean_error": float(np.linalg.norm(x.mean(0) - np.asarray(mean_t1))),
-            "std_error": float(np.abs(x.std(0) - np.sqrt(float(var_t1))).max()),
-            "seconds": seconds,
-        }
-        rows.append(row)
+    for row in rows:
         print(
             f"{row['solver']:<9} {row['mode']:<13} {row['nfe']:>5} {row['rms_error']:>10.2e} "
-            f"{row['mean_error']:>10.2e} {row['std_error']:>10.2e} {seconds:>7.3f}"
+            f"{row['mean_error']:>10.2e} {row['std_error']:>10.2e} {row['seconds']:>7.3f}"
         )
     print("rms err: against the exact flow map. mean/std err: sample moments against N(m_t1, S_t1 I),")
     print(f"including the Monte Carlo error of {args.num} samples (~{1 / np.sqrt(args.num):.0e}).")
@@ -126,6 +93,14 @@ def gaussian(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _solver(text: str, rtol: float | None = None, atol: float | None = None, sde: bool = False) -> SolverSpec:
+    """The `SolverSpec` of a command-line solver ("dopri5", "euler:100"), or the error as the command's exit."""
+    try:
+        return SolverSpec.parse(text, rtol, atol, sde)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
 def parse_overrides(extra: list[str]) -> dict[str, str]:
     """['--config.a=1', '--config.b', '2'] -> {'a': '1', 'b': '2'}; anything else is an error."""
     overrides, i = {}, 0
@@ -133,7 +108,7 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
         arg = extra[i]
         if not arg.startswith("--config."):
             raise SystemExit(f"Unknown argument {arg!r}: config fields are set as --config.name=value.")
-        name, sep, value = arg[len("--config."):].partition("=")
+        name, sep, value = arg[len("--config.") :].partition("=")
         if not sep:
             if i + 1 == len(extra):
                 raise SystemExit(f"{arg} needs a value: --config.{name}=value.")
@@ -161,9 +136,11 @@ def train(args: argparse.Namespace) -> None:
     if jax.process_index() != 0:
         return
     summary = json.loads((pathlib.Path(args.workdir) / "summary.json").read_text())
-    print(f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}: "
-          f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "
-          f"{summary['devices']} device(s), compiled in {summary['compile_s']:.1f} s")
+    print(
+        f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}: "
+        f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "
+        f"{summary['devices']} device(s), compiled in {summary['compile_s']:.1f} s"
+    )
 
 
 def _load(workdir: str):
@@ -175,253 +152,259 @@ def _load(workdir: str):
         raise SystemExit(str(err)) from None
 
 
-def sample(args: argparse.Namespace) -> None:
-    from fm_jax import data
-    from fm_jax.plots import plot_flow
-    from fm_jax.train import build_loss
-    from fm_jax.train.evaluate import solve_kwargs
+def _num(args: argparse.Namespace, run) -> int:
+    return DEFAULT_NUM[args.command][run.spec.data.image is not None] if args.num is None else args.num
 
+
+def _describe(run) -> str:
+    return f"{run.spec.method.name} {run.spec.data.source} -> {run.spec.data.target}"
+
+
+def sample(args: argparse.Namespace) -> None:
     if args.steps is not None and (args.rtol is not None or args.atol is not None):
         raise SystemExit("Give --steps N (fixed step) or --rtol/--atol (adaptive), not both.")
-    if args.solver is None:
-        args.solver = "dopri5" if args.diffusion is None else "euler"
-    if args.diffusion is None:
-        try:
-            solvers.get_solver(args.solver)
-            if args.steps is None:
-                solvers.check_adaptive(args.solver)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
-    else:
-        if args.solver not in solvers.SDE_SOLVERS:
-            raise SystemExit(f"--diffusion samples an SDE: --solver must be one of {sorted(solvers.SDE_SOLVERS)}, "
-                             f"got {args.solver!r}.")
-        if args.steps is None or args.diffusion < 0:
-            raise SystemExit("--diffusion C (C >= 0) samples an SDE in fixed steps: give --steps N as well.")
+    sde = args.diffusion is not None
+    if sde and args.diffusion < 0:
+        raise SystemExit("--diffusion C needs C >= 0 (C = 0 samples the ODE with an SDE solver).")
+    name = args.solver or ("euler" if sde else "dopri5")
+    spec = _solver(name if args.steps is None else f"{name}:{args.steps}", args.rtol, args.atol, sde)
     run = _load(args.workdir)
-    if is_flow_run(run):
-        return _sample_flow(args, run)
-    if is_image_run(run):
-        return _sample_images(args, run)
-    if args.guidance is not None or args.label is not None:
-        raise SystemExit("--guidance and --label are for class-conditional image runs; this run has no labels.")
-    args.num = 2000 if args.num is None else args.num
-    if args.diffusion is not None and (run.config.method not in SCORE_METHODS or run.config.source != "normal"):
+    if sde and not (run.spec.method.has_score and run.spec.data.source == "normal"):
+        from fm_jax.train.methods import METHODS
+
+        scored = [m.name for m in METHODS.values() if m.has_score]
         raise SystemExit(
             f"The score follows from the velocity only for an N(0, I) source drawn independently of the data "
-            f"(methods {SCORE_METHODS} from 'normal'); this run is {run.config.method} from {run.config.source!r}."
+            f"(methods {scored} from 'normal'); this run is {_describe(run)}."
         )
-    rtol = 1e-4 if args.rtol is None else args.rtol
-    atol = 1e-4 if args.atol is None else args.atol
-    k_src, k_tgt = jax.random.split(jax.random.key(args.seed))
-    src, tgt = data.densities(run.config.source, run.config.target)
-    x0 = src.sample(k_src, args.num)
+    if run.spec.data.image is not None:
+        return _sample_images(args, run, spec)
+    if args.guidance is not None or args.label is not None:
+        raise SystemExit("--guidance and --label are for class-conditional image runs; this run has no labels.")
+    if run.spec.method.model == "flow":
+        return _sample_flow(args, run)
+    from fm_jax.plots import plot_flow
+    from fm_jax.train.held_out import NOISE, TARGET, held_out_key
+
+    num = _num(args, run)
+    src, tgt = run.spec.data.densities()
+    x0 = src.sample(held_out_key(args.seed, NOISE), num)
     vf = solvers.velocity_field(run.apply, run.params)
-    if args.diffusion is None:
-        kwargs = solve_kwargs(args.solver, args.steps, rtol, atol)
-        sol = jax.jit(lambda x: solvers.sample(vf, x, save_trajectory=33, **kwargs))(x0)
-        tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}_atol{atol:g}"
+    if not sde:
+        sol = jax.jit(lambda x: solvers.sample(vf, x, spec, save_trajectory=33))(x0)
+        tag = spec.tag
     else:
-        path = build_loss(run.config.method, run.config.sigma, run.config.source).path
+        path = run.spec.method.conditional_path(run.spec.loss.sigma)
         g = lambda t: args.diffusion * path.noise_scale(t)[0]
-        key = jax.random.fold_in(k_src, 1)
-        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, path, g, solver=args.solver, steps=args.steps,
-                                                   save_trajectory=33))(x0)
-        tag = f"sde_{args.solver}_{args.steps}steps_diffusion{args.diffusion:g}"
+        key = jax.random.fold_in(held_out_key(args.seed, NOISE), 1)
+        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, path, g, solver=spec, save_trajectory=33))(x0)
+        tag = f"sde_{spec.tag}_diffusion{args.diffusion:g}"
     out = pathlib.Path(args.workdir) / f"samples_{tag}"
     npz, png = out.parent / f"{out.name}.npz", out.parent / f"{out.name}.png"
-    np.savez(npz, x0=np.asarray(x0), x1=np.asarray(sol.x), ts=np.asarray(sol.ts),
-             trajectory=np.asarray(sol.trajectory), nfe=int(sol.nfe))
-    target = tgt.sample(k_tgt, args.num)
-    title = f"{run.config.method} {run.config.source} -> {run.config.target}, {args.solver}, NFE {int(sol.nfe)}"
-    plot_flow(png, sol.x, target, sol.trajectory, title)
-    print(f"{args.num} samples with {args.solver} (NFE {int(sol.nfe)}): {npz}, {png}")
-
-
-def is_flow_run(run) -> bool:
-    """A normalizing flow on densities (method "flow"): it samples in one shot and has an exact likelihood.
-    (Image flows go through the image commands, which handle flows.)"""
-    return run.config.method == "flow" and not is_image_run(run)
+    np.savez(
+        npz,
+        x0=np.asarray(x0),
+        x1=np.asarray(sol.x),
+        ts=np.asarray(sol.ts),
+        trajectory=np.asarray(sol.trajectory),
+        nfe=int(sol.nfe),
+    )
+    target = tgt.sample(held_out_key(args.seed, TARGET), num)
+    plot_flow(png, sol.x, target, sol.trajectory, f"{_describe(run)}, {spec}, NFE {int(sol.nfe)}")
+    print(f"{num} samples with {spec} (NFE {int(sol.nfe)}): {npz}, {png}")
 
 
 def _sample_flow(args: argparse.Namespace, run) -> None:
-    from fm_jax import data
+    """A normalizing flow on densities samples in one shot (image flows go through `_sample_images`)."""
     from fm_jax.plots import plot_flow
+    from fm_jax.train.held_out import NOISE, TARGET, held_out_key
     from fm_jax.train.state import model_method
 
-    args.num = 2000 if args.num is None else args.num
-    k_x, k_tgt = jax.random.split(jax.random.key(args.seed))
-    x = jax.jit(model_method(run.config, "sample"), static_argnums=2)(run.params, k_x, args.num)
-    target = data.densities(run.config.source, run.config.target)[1].sample(k_tgt, args.num)
+    num = _num(args, run)
+    x = jax.jit(model_method(run.spec.model, "sample"), static_argnums=2)(
+        run.params, held_out_key(args.seed, NOISE), num
+    )
+    target = run.spec.data.densities()[1].sample(held_out_key(args.seed, TARGET), num)
     npz, png = (pathlib.Path(args.workdir) / f"samples_flow.{ext}" for ext in ("npz", "png"))
     np.savez(npz, x1=np.asarray(x))
-    plot_flow(png, x, target, None, f"normalizing flow ({run.config.flow.kind}) -> {run.config.target}")
-    print(f"{args.num} samples of the normalizing flow (one shot): {npz}, {png}")
+    plot_flow(png, x, target, None, f"normalizing flow ({run.spec.model.flow['kind']}) -> {run.spec.data.target}")
+    print(f"{num} samples of the normalizing flow (one shot): {npz}, {png}")
 
 
-def is_image_run(run) -> bool:
-    from fm_jax import data
-
-    return data.is_image_spec(run.config.target)
-
-
-def _sample_images(args: argparse.Namespace, run) -> None:
+def _sample_images(args: argparse.Namespace, run, spec: SolverSpec) -> None:
     from fm_jax.data import images
+    from fm_jax.plots import save_grid
     from fm_jax.train.image_eval import sample_images
-    from fm_jax.train.state import num_classes
 
-    if args.diffusion is not None and run.config.method not in SCORE_METHODS:
-        raise SystemExit(f"The score follows from the velocity only for an N(0, I) source drawn independently of the "
-                         f"data (methods {SCORE_METHODS}); this run is {run.config.method}.")
-    num = 100 if args.num is None else args.num
-    classes = num_classes(run.config)
+    num = _num(args, run)
+    classes = run.spec.data.num_classes
     labels = None
     if args.label is not None:
         if not classes or not 0 <= args.label < classes:
-            raise SystemExit(f"--label must be a class in 0..{classes - 1}" if classes else
-                             "--label needs a class-conditional run; this one has no labels.")
+            raise SystemExit(
+                f"--label must be a class in 0..{classes - 1}"
+                if classes
+                else "--label needs a class-conditional run; this one has no labels."
+            )
         labels = np.full(num, args.label, np.int32)
-    rtol = 1e-5 if args.rtol is None else args.rtol
-    atol = 1e-5 if args.atol is None else args.atol
-    spec = f"{args.solver}:{args.steps}" if args.steps else args.solver
     try:
-        out = sample_images(run, num, spec, rtol, atol, labels, args.guidance, args.seed, diffusion=args.diffusion)
+        out = sample_images(run, num, spec, labels, args.guidance, args.seed, diffusion=args.diffusion)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    tag = f"{args.solver}_{args.steps}steps" if args.steps else f"{args.solver}_rtol{rtol:g}"
-    if args.diffusion is not None:
-        tag = f"sde_{tag}_diffusion{args.diffusion:g}"
+    tag = spec.tag if args.diffusion is None else f"sde_{spec.tag}_diffusion{args.diffusion:g}"
     if args.guidance is not None:
         tag += f"_guidance{args.guidance:g}"
     pixels = images.to_unit(out["x1"])
     base = pathlib.Path(args.workdir) / f"samples_{tag}"
-    np.savez(base.with_suffix(".npz"), images=pixels, labels=out["labels"] if out["labels"] is not None else [],
-             nfe=out["nfe"])
-    images.save_grid(base.with_suffix(".png"), pixels, classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
-    print(f"{num} images with {args.solver} (mean NFE {out['nfe']:.0f}): {base.with_suffix('.npz')}, "
-          f"{base.with_suffix('.png')}")
+    np.savez(
+        base.with_suffix(".npz"),
+        images=pixels,
+        labels=out["labels"] if out["labels"] is not None else [],
+        nfe=out["nfe"],
+    )
+    save_grid(base.with_suffix(".png"), pixels, classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
+    print(
+        f"{num} images with {spec} (mean NFE {out['nfe']:.0f}): {base.with_suffix('.npz')}, {base.with_suffix('.png')}"
+    )
 
 
 def prepare(args: argparse.Namespace) -> None:
     from fm_jax.data import images
+    from fm_jax.data import prepare as prepare_data
 
     try:
-        info = images.prepare(args.dataset, args.data_dir)
+        info = prepare_data.prepare(args.dataset, args.data_dir)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     splits = ", ".join(f"{name} {count}" for name, count in info.splits.items())
-    print(f"{info.name}: images {info.shape}, {info.num_classes} classes, splits {splits}; "
-          f"in {args.data_dir or images.default_data_dir()}")
+    print(
+        f"{info.name}: images {info.shape}, {info.num_classes} classes, splits {splits}; "
+        f"in {args.data_dir or images.default_data_dir()}"
+    )
 
 
-def _evaluate_images(args: argparse.Namespace, run) -> dict:
+def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> dict:
     from fm_jax.train.image_eval import evaluate_images
 
     try:
-        result = evaluate_images(run, args.solvers, 1000 if args.num is None else args.num,
-                                 1e-5 if args.rtol is None else args.rtol, 1e-5 if args.atol is None else args.atol,
-                                 args.guidance, args.seed)
+        result = evaluate_images(run, specs, _num(args, run), args.guidance, args.seed)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    path = pathlib.Path(args.workdir) / "eval.json"
-    path.write_text(json.dumps(result, indent=1))
     print(f"{result['method']}: N(0, I) -> {result['target']}, step {result['step']}, {result['num']} held-out images")
-    print(f"{'solver':<12} {'NFE':>6} {'FD pixel':>9} {'W2':>8} {'NPE':>8} {'curvature':>10}")
-    for spec, row in result["solvers"].items():
-        print(f"{spec:<12} {row['nfe']:>6.0f} {row['fd_pixel']:>9.3f} {row['w2']:>8.3f} "
-              f"{row['normalized_path_energy']:>8.3f} {row['curvature']:>10.3f}")
+    return _write_eval(
+        args.workdir,
+        result,
+        [
+            ("NFE", "nfe", 6, ".0f"),
+            ("FD pixel", "fd_pixel", 9, ".3f"),
+            ("W2", "w2", 8, ".3f"),
+            ("NPE", "normalized_path_energy", 8, ".3f"),
+            ("curvature", "curvature", 10, ".3f"),
+        ],
+    )
+
+
+def _write_eval(workdir: str, result: dict, columns: list[tuple[str, str, int, str]]) -> dict:
+    """Write WORKDIR/eval.json and print its rows, one per solver: (header, key, width, format) per column."""
+    path = pathlib.Path(workdir) / "eval.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"{'solver':<12} " + " ".join(f"{head:>{width}}" for head, _, width, _ in columns))
+    for name, row in result["solvers"].items():
+        print(f"{name:<12} " + " ".join(f"{row[key]:>{width}{fmt}}" for _, key, width, fmt in columns))
     print(f"wrote {path}")
     return result
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     from fm_jax.train.evaluate import evaluate as run_eval
-    from fm_jax.train.evaluate import evaluate_flow, parse_solver
+    from fm_jax.train.evaluate import evaluate_flow
 
-    try:
-        for spec in args.solvers:
-            parse_solver(spec)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    specs = [_solver(text, args.rtol, args.atol) for text in args.solvers]
     if args.num is not None and args.num < 2:
         raise SystemExit(f"--num must be at least 2 (W2 and MMD compare sample sets), got {args.num}.")
     run = _load(args.workdir)
-    if is_image_run(run):
-        return _evaluate_images(args, run)
+    if run.spec.data.image is not None:
+        return _evaluate_images(args, run, specs)
     if args.guidance is not None:
         raise SystemExit("--guidance is for class-conditional image runs.")
-    args.num = 10_000 if args.num is None else args.num
-    args.rtol = 1e-4 if args.rtol is None else args.rtol
-    args.atol = 1e-4 if args.atol is None else args.atol
+    num = _num(args, run)
     path = pathlib.Path(args.workdir) / "eval.json"
-    if is_flow_run(run):
-        result = evaluate_flow(run, args.num, args.seed)
+    if run.spec.method.model == "flow":
+        result = evaluate_flow(run, num, args.seed)
         path.write_text(json.dumps(result, indent=1))
         row = result["solvers"]["flow"]
-        print(f"normalizing flow -> {result['target']}, step {result['step']}, {args.num} one-shot samples "
-              f"({row['passes']} sequential passes): W2 {row['w2']:.4f}, MMD^2 {row['mmd2']:.2e}\nwrote {path}")
+        print(
+            f"normalizing flow -> {result['target']}, step {result['step']}, {num} one-shot samples "
+            f"({row['passes']} sequential passes): W2 {row['w2']:.4f}, MMD^2 {row['mmd2']:.2e}\nwrote {path}"
+        )
         return result
-    result = run_eval(run, args.solvers, args.num, args.rtol, args.atol, args.seed)
-    path.write_text(json.dumps(result, indent=1))
-    print(f"{result['method']}: {result['source']} -> {result['target']}, step {result['step']}, {args.num} samples")
-    print(f"{'solver':<12} {'NFE':>5} {'W2':>8} {'MMD^2':>9} {'NPE':>8} {'curvature':>10}")
-    for spec, row in result["solvers"].items():
-        print(f"{spec:<12} {row['nfe']:>5} {row['w2']:>8.4f} {row['mmd2']:>9.2e} "
-              f"{row['normalized_path_energy']:>8.3f} {row['curvature']:>10.4f}")
-    print(f"wrote {path}")
-    return result
+    result = run_eval(run, specs, num, args.seed)
+    print(f"{result['method']}: {result['source']} -> {result['target']}, step {result['step']}, {num} samples")
+    return _write_eval(
+        args.workdir,
+        result,
+        [
+            ("NFE", "nfe", 5, ""),
+            ("W2", "w2", 8, ".4f"),
+            ("MMD^2", "mmd2", 9, ".2e"),
+            ("NPE", "normalized_path_energy", 8, ".3f"),
+            ("curvature", "curvature", 10, ".4f"),
+        ],
+    )
 
 
 def nll(args: argparse.Namespace) -> dict:
     from fm_jax.plots import plot_density
-    from fm_jax.train.evaluate import parse_solver
     from fm_jax.train.nll import density_grid, held_out_nll
 
-    try:
-        parse_solver(args.solver)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    spec = _solver(args.solver, args.rtol, args.atol)
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
     run = _load(args.workdir)
-    if is_image_run(run):
-        return _image_nll(args, run)
+    if run.spec.data.image is not None:
+        return _image_nll(args, run, spec)
     try:
-        report = held_out_nll(run, args.num, args.divergence, args.solver, args.rtol, args.atol, args.num_probes,
-                              args.probe, args.seed)
+        report = held_out_nll(run, args.num, args.divergence, spec, args.num_probes, args.probe, args.seed)
     except (ValueError, FloatingPointError) as err:
         raise SystemExit(str(err)) from None
     out = pathlib.Path(args.workdir) / "nll.json"
     out.write_text(json.dumps(report, indent=1))
-    print(f"{report['method']}: {report['source']} -> {report['target']}, step {report['step']}, "
-          f"{report['num']} held-out points, {args.divergence} divergence, {args.solver} (mean NFE {report['nfe_mean']:.0f})")
-    print(f"log-likelihood {report['log_likelihood']:.4f} +- {report['log_likelihood_se']:.4f} nats, "
-          f"{report['bits_per_dim']:.4f} +- {report['bits_per_dim_se']:.4f} bits/dim")
+    print(
+        f"{report['method']}: {report['source']} -> {report['target']}, step {report['step']}, "
+        f"{report['num']} held-out points, {args.divergence} divergence, {spec} (mean NFE {report['nfe_mean']:.0f})"
+    )
+    print(
+        f"log-likelihood {report['log_likelihood']:.4f} +- {report['log_likelihood_se']:.4f} nats, "
+        f"{report['bits_per_dim']:.4f} +- {report['bits_per_dim_se']:.4f} bits/dim"
+    )
     if "kl" in report:
-        print(f"true density: {report['true_log_likelihood']:.4f} nats; KL(target || model) "
-              f"{report['kl']:.4f} +- {report['kl_se']:.4f} nats")
+        print(
+            f"true density: {report['true_log_likelihood']:.4f} nats; KL(target || model) "
+            f"{report['kl']:.4f} +- {report['kl_se']:.4f} nats"
+        )
     print(f"wrote {out}")
     if args.grid and report["dim"] == 2:
-        xs, ys, model, true = density_grid(run, args.grid, args.solver, args.rtol, args.atol, args.seed)
+        xs, ys, model, true = density_grid(run, args.grid, spec, args.seed)
         png = pathlib.Path(args.workdir) / "density.png"
-        plot_density(png, xs, ys, model, true, f"{run.config.method} {run.config.source} -> {run.config.target}")
+        plot_density(png, xs, ys, model, true, _describe(run))
         print(f"wrote {png}")
     return report
 
 
-def _image_nll(args: argparse.Namespace, run) -> dict:
+def _image_nll(args: argparse.Namespace, run, spec: SolverSpec) -> dict:
     from fm_jax.train.image_eval import image_nll
 
     try:
-        report = image_nll(run, min(args.num, 1000), args.divergence, args.solver, args.rtol, args.atol,
-                           args.num_probes, args.probe, args.seed)
+        report = image_nll(run, min(args.num, 1000), args.divergence, spec, args.num_probes, args.probe, args.seed)
     except (ValueError, FloatingPointError) as err:
         raise SystemExit(str(err)) from None
     out = pathlib.Path(args.workdir) / "nll.json"
     out.write_text(json.dumps(report, indent=1))
-    print(f"{report['method']}: {report['target']}, step {report['step']}, {report['num']} held-out images, "
-          f"{args.divergence} divergence, {args.solver}: {report['bits_per_dim']:.4f} +- "
-          f"{report['bits_per_dim_se']:.4f} bits/dim (dequantized)")
+    print(
+        f"{report['method']}: {report['target']}, step {report['step']}, {report['num']} held-out images, "
+        f"{args.divergence} divergence, {spec}: {report['bits_per_dim']:.4f} +- "
+        f"{report['bits_per_dim_se']:.4f} bits/dim (dequantized)"
+    )
     print(f"wrote {out}")
     return report
 
@@ -431,46 +414,77 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     t = commands.add_parser("train", help="train a flow from a config file")
-    t.add_argument("--config", required=True, help="an ml_collections get_config() file, e.g. experiments/configs/toy2d.py")
+    t.add_argument(
+        "--config", required=True, help="an ml_collections get_config() file, e.g. experiments/configs/toy2d.py"
+    )
     t.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and the checkpoint go")
     t.set_defaults(func=train)
 
     s = commands.add_parser("sample", help="sample a trained run; write .npz and a PNG")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--solver", default=None, help="an ODE solver (default dopri5), or with --diffusion an SDE solver "
-                   "(default euler)")
+    s.add_argument(
+        "--solver",
+        default=None,
+        help="an ODE solver (default dopri5), or with --diffusion an SDE solver (default euler)",
+    )
     s.add_argument("--steps", type=int, default=None, help="fixed steps (default: adaptive)")
-    s.add_argument("--rtol", type=float, default=None, help="adaptive relative tolerance (default 1e-4)")
-    s.add_argument("--atol", type=float, default=None, help="adaptive absolute tolerance (default 1e-4)")
-    s.add_argument("--num", type=int, default=None, help="samples (default 2000; 100 images for image runs)")
+    s.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
+    s.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
+    s.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help="samples (default {}; {} images for image runs)".format(*DEFAULT_NUM["sample"]),
+    )
     s.add_argument("--label", type=int, default=None, help="class of every image (class-conditional image runs)")
-    s.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale w (class-conditional runs; 1 = conditional)")
+    s.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale w (class-conditional runs; 1 = conditional)",
+    )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--diffusion", type=float, default=None,
-                   help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps; "
-                        f"--solver then one of {sorted(solvers.SDE_SOLVERS)}")
+    s.add_argument(
+        "--diffusion",
+        type=float,
+        default=None,
+        help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps; "
+        f"--solver then one of {sorted(solvers.SDE_SOLVERS)}",
+    )
     s.set_defaults(func=sample)
 
     e = commands.add_parser("eval", help="W2, MMD, path energy, curvature and NFE per solver into WORKDIR/eval.json")
     e.add_argument("--workdir", required=True)
-    e.add_argument("--solvers", nargs="+", default=["dopri5", "euler:100", "euler:10", "euler:2"],
-                   help="NAME (adaptive) or NAME:STEPS")
-    e.add_argument("--num", type=int, default=None, help="samples (default 10000; 1000 held-out images for image runs)")
-    e.add_argument("--rtol", type=float, default=None, help="adaptive tolerance (default 1e-4; 1e-5 for image runs)")
-    e.add_argument("--atol", type=float, default=None)
-    e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)")
+    e.add_argument(
+        "--solvers",
+        nargs="+",
+        default=["dopri5", "euler:100", "euler:10", "euler:2"],
+        help="NAME (adaptive) or NAME:STEPS",
+    )
+    e.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help="samples (default {}; {} held-out images for image runs)".format(*DEFAULT_NUM["eval"]),
+    )
+    e.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
+    e.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
+    e.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)"
+    )
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=evaluate)
 
-    n = commands.add_parser("nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map")
+    n = commands.add_parser(
+        "nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map"
+    )
     n.add_argument("--workdir", required=True)
     n.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
     n.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per point")
     n.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
     n.add_argument("--solver", default="dopri5", help="NAME (adaptive) or NAME:STEPS")
-    n.add_argument("--rtol", type=float, default=1e-5)
-    n.add_argument("--atol", type=float, default=1e-5)
+    n.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
+    n.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
     n.add_argument("--num", type=int, default=5000, help="held-out target points")
     n.add_argument("--grid", type=int, default=100, help="heat-map grid size for 2D runs (0: none)")
     n.add_argument("--seed", type=int, default=0)
@@ -478,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("prepare", help="build an offline image dataset (digits, mnist5k) in TFDS format")
     p.add_argument("--dataset", required=True, help="digits, mnist5k, or a TFDS name (prints how to prepare it)")
-    p.add_argument("--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument(
+        "--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
     p.set_defaults(func=prepare)
 
     g = commands.add_parser("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
@@ -489,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mu", type=float, default=3.0, help="target mean along the first axis")
     g.add_argument("--scale", type=float, default=0.5, help="target standard deviation")
     g.add_argument("--steps", type=int, default=10, help="steps of the fixed-step runs")
-    g.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the adaptive runs")
+    g.add_argument("--tol", type=float, default=DEFAULT_TOL, help="rtol = atol of the adaptive runs")
     g.add_argument("--t0", type=float, default=0.0)
     g.add_argument("--t1", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)

@@ -15,17 +15,7 @@ carried through. All couplings run inside `jax.jit`.
   bridge of the Brownian motion sigma W (SB-CFM, Tong et al. 2024, Prop. 3.4). Use it with
   `paths.BrownianBridge(sigma)`.
 
-Couplings made by a teacher map (`TeacherCoupling`), deterministic given the data:
-
-- `nf_coupling`: Normalized Flow Matching (Berthelot et al. 2026): each data point with its
-  latent under a frozen normalizing flow f trained on x + eta eps, x0 = f(x1 + eta eps) / sigma_f
-  (sigma_f the flow's prior std, so that x0 ~ N(0, I) for a perfect teacher).
-- `reflow_coupling`: reflow (rectified flow; Liu et al. 2023): the teacher is a trained flow
-  matching field and its ODE the map: backward, x0 = Phi_{1->0}(x1) (each data point with the
-  source point the teacher sends to it), or forward, x1 = Phi_{0->1}(x0) (each source point
-  with the teacher's sample from it, as in Liu et al.; the data batch is then not used).
-
-The teacher's parameters are held by the coupling and enter the train step as constants.
+Couplings made by a frozen teacher map (NFM, reflow) are in `fm_jax.distillation`.
 
 `ExactOT(class_conditional=True)` and `SinkhornOT(class_conditional=True)` pair points only
 within a class: the source point in row i takes the label of data row i (the source is
@@ -38,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +38,8 @@ import ot
 from ott.geometry import geometry
 from ott.solvers import linear
 
-from fm_jax import solvers
+from fm_jax.primitives import pairwise_sq_distances
+from fm_jax.registry import Registry
 
 __all__ = [
     "EXACT_SOLVERS",
@@ -57,31 +48,20 @@ __all__ = [
     "Independent",
     "SchrodingerBridge",
     "SinkhornOT",
-    "TeacherCoupling",
-    "nf_coupling",
-    "pairwise_sq_distances",
-    "reflow_coupling",
+    "check_pairs",
     "sample_pairs",
 ]
 
-TEACHER_SIDES = ("x0", "x1")
-REFLOW_DIRECTIONS = ("backward", "forward")
 
+def check_pairs(x0: jax.Array, x1: jax.Array, labels: jax.Array | None, class_conditional: bool) -> None:
+    """Raise a ValueError unless (x0, x1, labels) is a valid minibatch for a coupling.
 
-EXACT_SOLVERS = ("hungarian", "network_simplex")
-
-
-def pairwise_sq_distances(x0: jax.Array, x1: jax.Array) -> jax.Array:
-    """C_ij = ||x0_i - x1_j||^2 for batch-first arrays of any trailing shape."""
-    x0 = x0.reshape(x0.shape[0], -1)
-    x1 = x1.reshape(x1.shape[0], -1)
-    sq0 = jnp.sum(x0**2, axis=1)
-    sq1 = jnp.sum(x1**2, axis=1)
-    cross = jnp.dot(x0, x1.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.maximum(sq0[:, None] + sq1[None, :] - 2.0 * cross, 0.0)
-
-
-def _check(x0, x1, labels, class_conditional: bool):
+    Args:
+        x0: (n, ...) source points.
+        x1: (n, ...) data points, of the shape of x0.
+        labels: (n,) labels of the data points, or None.
+        class_conditional: whether the coupling needs the labels.
+    """
     if x0.shape != x1.shape:
         raise ValueError(
             f"A minibatch coupling needs x0 and x1 of the same shape, got {x0.shape} and "
@@ -101,7 +81,7 @@ def _class_cost(cost: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.where(different, penalty, cost)
 
 
-def _warn_if_unconverged(converged, eps, max_iterations: int) -> None:
+def _warn_if_unconverged(converged: np.ndarray | jax.Array, eps: np.ndarray | jax.Array, max_iterations: int) -> None:
     """Host side: an unconverged Sinkhorn plan has wrong marginals; say so instead of using it silently."""
     if not np.all(converged):
         warnings.warn(
@@ -138,6 +118,14 @@ def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, ja
     In two stages, i from the row sums of pi and then j from row i, so that each cumulative
     sum runs over n entries rather than n^2 (in float32 the n^2 masses of a large plan fall
     below the resolution of one cumulative sum). Zero-mass pairs (across classes) are never drawn.
+
+    Args:
+        key: the key of the draws.
+        pi: (n, m) nonnegative plan.
+        num: the number of pairs.
+
+    Returns:
+        (i, j), each of shape (num,): row and column indices into pi.
     """
     k_i, k_j = jax.random.split(key)
     i = _inverse_cdf(k_i, jnp.sum(pi, axis=1), (num,))
@@ -146,15 +134,22 @@ def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, ja
 
 
 class Coupling:
-    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`.
+    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`."""
 
-    `on_host` is true for couplings that call back into the host (a CPU solver): a training
-    driver runs those outside its multi-device step (`fm_jax.train.batches`).
-    """
+    def __call__(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """Pair a source and a data minibatch.
 
-    on_host = False
+        Args:
+            key: the key of a random coupling (unused by deterministic ones).
+            x0: (n, ...) source points.
+            x1: (n, ...) data points, of the shape of x0.
+            labels: (n,) labels of the data points, or None.
 
-    def __call__(self, key, x0, x1, labels=None):
+        Returns:
+            (x0, x1, labels): the pairs to regress on, labels following the data points.
+        """
         raise NotImplementedError
 
 
@@ -162,8 +157,10 @@ class Coupling:
 class Independent(Coupling):
     """Pairs as drawn: the product coupling q(x0) q(x1)."""
 
-    def __call__(self, key, x0, x1, labels=None):
-        _check(x0, x1, labels, False)
+    def __call__(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        check_pairs(x0, x1, labels, False)
         return x0, x1, labels
 
 
@@ -174,6 +171,23 @@ def _network_simplex_assignment(cost: np.ndarray) -> np.ndarray:
     plan = ot.emd(weights, weights, np.asarray(cost, np.float64), numItermax=max(100_000, 50 * n * n))
     # A vertex of the assignment polytope: a permutation matrix scaled by 1 / n.
     return np.argmax(plan, axis=0).astype(np.int32)
+
+
+def _network_simplex(cost: jax.Array) -> jax.Array:
+    shape = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
+    return jax.pure_callback(_network_simplex_assignment, shape, cost, vmap_method="sequential")
+
+
+def _hungarian(cost: jax.Array) -> jax.Array:
+    rows, cols = optax.assignment.hungarian_algorithm(cost)
+    # rows is 0..n-1 for a square cost; invert so that the data order is kept.
+    return jnp.zeros_like(cols).at[cols].set(rows)
+
+
+# Exact assignment solvers, cost (n, n) -> perm with (x0[perm[j]], x1[j]) optimal.
+EXACT_SOLVERS: Registry[Callable[[jax.Array], jax.Array]] = Registry(
+    "exact OT solver", {"hungarian": _hungarian, "network_simplex": _network_simplex}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,28 +203,29 @@ class ExactOT(Coupling):
     class_conditional: bool = False
     solver: str = "hungarian"
 
-    def __post_init__(self):
-        if self.solver not in EXACT_SOLVERS:
-            raise ValueError(f"Unknown exact OT solver {self.solver!r}; choose one of {EXACT_SOLVERS}.")
+    def __post_init__(self) -> None:
+        EXACT_SOLVERS[self.solver]  # a known solver, or the error that lists them
 
-    @property
-    def on_host(self) -> bool:
-        return self.solver == "network_simplex"
+    def assignment(self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """perm such that (x0[perm[j]], x1[j]) is the optimal pairing.
 
-    def assignment(self, x0, x1, labels=None) -> jax.Array:
-        """perm such that (x0[perm[j]], x1[j]) is the optimal pairing."""
-        _check(x0, x1, labels, self.class_conditional)
+        Args:
+            x0: (n, ...) source points.
+            x1: (n, ...) data points.
+            labels: (n,) labels of the data points; required when `class_conditional`.
+
+        Returns:
+            perm, (n,) int32 indices into x0.
+        """
+        check_pairs(x0, x1, labels, self.class_conditional)
         cost = pairwise_sq_distances(x0, x1)
         if self.class_conditional:
-            cost = _class_cost(cost, labels)
-        if self.solver == "network_simplex":
-            shape = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
-            return jax.pure_callback(_network_simplex_assignment, shape, cost, vmap_method="sequential")
-        rows, cols = optax.assignment.hungarian_algorithm(cost)
-        # rows is 0..n-1 for a square cost; invert so that the data order is kept.
-        return jnp.zeros_like(cols).at[cols].set(rows)
+            cost = _class_cost(cost, labels)  # type: ignore[arg-type]  # check_pairs raised if labels is None
+        return EXACT_SOLVERS[self.solver](cost)
 
-    def __call__(self, key, x0, x1, labels=None):
+    def __call__(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         perm = self.assignment(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
         return x0[perm], x1, labels
 
@@ -232,21 +247,41 @@ class SinkhornOT(Coupling):
     max_iterations: int = 2000
 
     def absolute_epsilon(self, cost: jax.Array) -> jax.Array:
+        """The absolute entropic regularization for a cost matrix.
+
+        Args:
+            cost: (n, m) cost matrix.
+
+        Returns:
+            The scalar epsilon: `epsilon` times the mean cost when `relative_epsilon`, else `epsilon`.
+        """
         return self.epsilon * jnp.mean(cost) if self.relative_epsilon else jnp.asarray(self.epsilon)
 
-    def plan(self, x0, x1, labels=None) -> jax.Array:
-        """The entropic transport plan pi (n x n, total mass 1, uniform marginals)."""
-        _check(x0, x1, labels, self.class_conditional)
+    def plan(self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """The entropic transport plan pi (n x n, total mass 1, uniform marginals).
+
+        Args:
+            x0: (n, ...) source points.
+            x1: (n, ...) data points.
+            labels: (n,) labels of the data points; required when `class_conditional`.
+
+        Returns:
+            pi, (n, n), rows indexing x0 and columns x1.
+        """
+        check_pairs(x0, x1, labels, self.class_conditional)
         cost = pairwise_sq_distances(x0, x1)
         eps = self.absolute_epsilon(cost)
         if self.class_conditional:
-            cost = _class_cost(cost, labels)
-        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
+            cost = _class_cost(cost, labels)  # type: ignore[arg-type]  # check_pairs raised if labels is None
+        # ott-jax annotates epsilon as a Python float; it takes a (traced) scalar array too.
+        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)  # type: ignore[arg-type]
         out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
         jax.debug.callback(_warn_if_unconverged, out.converged, eps, self.max_iterations)
         return out.matrix
 
-    def __call__(self, key, x0, x1, labels=None):
+    def __call__(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         pi = self.plan(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
         n = x1.shape[0]
         if self.hard:
@@ -265,6 +300,7 @@ class SchrodingerBridge(Coupling):
 
     @property
     def sinkhorn(self) -> SinkhornOT:
+        """The `SinkhornOT` coupling this bridge is, with absolute epsilon 2 sigma^2."""
         return SinkhornOT(
             epsilon=2.0 * self.sigma**2,
             relative_epsilon=False,
@@ -272,57 +308,7 @@ class SchrodingerBridge(Coupling):
             class_conditional=self.class_conditional,
         )
 
-    def __call__(self, key, x0, x1, labels=None):
+    def __call__(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         return self.sinkhorn(key, x0, x1, labels)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TeacherCoupling(Coupling):
-    """Pairs made by a frozen teacher map `teacher(params, key, x, labels) -> x'`.
-
-    `side="x0"`: x0 = teacher(x1), each data point with its teacher image; `side="x1"`:
-    x1 = teacher(x0), each source point with its teacher image. The teacher sees no gradient.
-    Compared by identity (it holds arrays).
-    """
-
-    teacher: Callable
-    params: Any
-    side: str = "x0"
-
-    def __post_init__(self):
-        if self.side not in TEACHER_SIDES:
-            raise ValueError(f"Unknown teacher side {self.side!r}; choose one of {TEACHER_SIDES}.")
-
-    def __call__(self, key, x0, x1, labels=None):
-        _check(x0, x1, labels, False)
-        params = jax.lax.stop_gradient(self.params)
-        if self.side == "x0":
-            return jax.lax.stop_gradient(self.teacher(params, key, x1, labels)).astype(x0.dtype), x1, labels
-        return x0, jax.lax.stop_gradient(self.teacher(params, key, x0, labels)).astype(x1.dtype), labels
-
-
-def nf_coupling(forward: Callable, params: Any, noise: float = 0.0, prior_std: float = 1.0) -> TeacherCoupling:
-    """NFM pairs: x0 = f(x1 + noise eps) / prior_std, with `forward(params, x) -> (z, logdet)` the flow's data-to-latent map."""
-    if not noise >= 0.0 or not prior_std > 0.0:
-        raise ValueError(f"noise must be >= 0 and prior_std > 0, got {noise} and {prior_std}.")
-
-    def teacher(params, key, x1, labels):
-        z, _ = forward(params, x1 + noise * jax.random.normal(key, x1.shape, x1.dtype))
-        return z / prior_std
-
-    return TeacherCoupling(teacher, params, "x0")
-
-
-def reflow_coupling(apply: Callable, params: Any, direction: str = "backward", solver: str = "dopri5",
-                    steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> TeacherCoupling:
-    """Reflow pairs from a trained field `apply(params, t, x, cond)`, its ODE integrated `direction`
-    ("backward": x0 from x1; "forward": x1 from x0) with `solver` at `steps` fixed steps or tolerances."""
-    if direction not in REFLOW_DIRECTIONS:
-        raise ValueError(f"Unknown reflow direction {direction!r}; choose one of {REFLOW_DIRECTIONS}.")
-    ode = {"steps": steps} if steps else {"rtol": rtol, "atol": atol}
-    integrate = solvers.encode if direction == "backward" else solvers.sample
-
-    def teacher(params, key, x, labels):
-        return integrate(solvers.velocity_field(apply, params, cond=labels), x, solver=solver, **ode).x
-
-    return TeacherCoupling(teacher, params, "x0" if direction == "backward" else "x1")

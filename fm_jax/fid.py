@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import functools
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -322,10 +323,10 @@ def pixel_frechet_distance(images_a, images_b) -> float:
     for name, x in (("images_a", images_a), ("images_b", images_b)):
         sides.append(_check_stats(x, name) if isinstance(x, FeatureStats) else _check_images(x, name))
     if not any(isinstance(x, FeatureStats) for x in sides) and sides[0].shape[1:] != sides[1].shape[1:]:
-        raise ValueError(f"The two image sets have different image shapes: {sides[0].shape[1:]} and {sides[1].shape[1:]}.")
-    stats = [
-        x if isinstance(x, FeatureStats) else feature_stats(jnp.asarray(x).reshape(x.shape[0], -1)) for x in sides
-    ]
+        raise ValueError(
+            f"The two image sets have different image shapes: {sides[0].shape[1:]} and {sides[1].shape[1:]}."
+        )
+    stats = [x if isinstance(x, FeatureStats) else feature_stats(jnp.asarray(x).reshape(x.shape[0], -1)) for x in sides]
     _same_dimension(*stats)
     return float(frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma))
 

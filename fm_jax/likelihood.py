@@ -32,13 +32,15 @@ for [0, 1) data and 7 for [-1, 1) with K = 256.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
-from fm_jax.solvers import VectorField, encode
+from fm_jax.primitives import standard_normal_log_prob
+from fm_jax.solvers import SolverSpec, VectorField, encode
 
 __all__ = [
     "DIVERGENCES",
@@ -49,13 +51,11 @@ __all__ = [
     "exact_divergence",
     "hutchinson_divergence",
     "log_likelihood",
-    "standard_normal_log_prob",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 EXACT_CHUNK = 64  # basis vectors per forward-mode batch of the exact divergence, by default
-DEFAULT_TOL = 1e-5  # rtol = atol of the adaptive solve when neither steps nor tolerances are given
 
 
 class LogLikelihood(NamedTuple):
@@ -72,28 +72,33 @@ class LogLikelihood(NamedTuple):
     num_steps: jax.Array
 
 
-def standard_normal_log_prob(x: jax.Array) -> jax.Array:
-    """log N(x; 0, I) per example, summed over every axis but the first."""
-    d = math.prod(x.shape[1:])
-    return -0.5 * jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1) - 0.5 * d * math.log(2.0 * math.pi)
-
-
 def _flat_dim(x: jax.Array) -> int:
     return math.prod(x.shape[1:])
 
 
-def exact_divergence(vf: VectorField, t: jax.Array, x: jax.Array, chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+def exact_divergence(
+    vf: VectorField, t: jax.Array, x: jax.Array, chunk_size: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """(v(t, x), tr dv/dx per example), the trace from one Jacobian-vector product per coordinate.
 
     The d-th product pushes the d-th basis vector (the same for every example) through the
     whole batch, so it reads the d-th diagonal entry of every example's Jacobian at once.
     `chunk_size` basis vectors are pushed together (min(D, 64) when None): memory grows as
     batch x D x chunk_size.
+
+    Args:
+        vf: the field `vf(t, x)`.
+        t: the scalar time.
+        x: (batch, ...) points.
+        chunk_size: basis vectors per forward-mode batch.
+
+    Returns:
+        (v, div): v of the shape of x, div of shape (batch,).
     """
     d = _flat_dim(x)
     v, jvp = jax.linearize(lambda y: vf(t, y), x)
 
-    def diagonal_entry(i):
+    def diagonal_entry(i: jax.Array) -> jax.Array:
         e = jnp.zeros((d,), x.dtype).at[i].set(1.0).reshape(x.shape[1:])
         return jnp.reshape(jvp(jnp.broadcast_to(e, x.shape)), (x.shape[0], d))[:, i]
 
@@ -101,8 +106,20 @@ def exact_divergence(vf: VectorField, t: jax.Array, x: jax.Array, chunk_size: in
     return v, jnp.sum(entries, axis=0)
 
 
-def hutchinson_divergence(vf: VectorField, t: jax.Array, x: jax.Array, probes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(v(t, x), mean over probes of eps^T (dv/dx) eps) for probes of shape (K, *x.shape)."""
+def hutchinson_divergence(
+    vf: VectorField, t: jax.Array, x: jax.Array, probes: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(v(t, x), mean over probes of eps^T (dv/dx) eps) for probes of shape (K, *x.shape).
+
+    Args:
+        vf: the field `vf(t, x)`.
+        t: the scalar time.
+        x: (batch, ...) points.
+        probes: (K, batch, ...) probes with E[eps eps^T] = I.
+
+    Returns:
+        (v, div): v of the shape of x, the estimated divergence of shape (batch,).
+    """
     v, jvp = jax.linearize(lambda y: vf(t, y), x)
     probes = probes.astype(x.dtype)  # the solver may have promoted the state (e.g. bf16 -> f32)
     quad = jax.vmap(lambda eps: jnp.sum(jnp.reshape(eps * jvp(eps), (x.shape[0], -1)), axis=-1))(probes)
@@ -126,7 +143,7 @@ def log_likelihood(
     num_probes: int = 1,
     probe: str = "rademacher",
     t: float = 1.0,
-    solver: str | diffrax.AbstractSolver = "dopri5",
+    solver: str | diffrax.AbstractSolver | SolverSpec = "dopri5",
     steps: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -137,9 +154,19 @@ def log_likelihood(
 
     `source_log_prob(x0) -> (batch,)` is the log-density at t = 0. `divergence` is "exact" or
     "hutchinson"; Hutchinson needs `key`, and draws `num_probes` probes of kind `probe`
-    ("rademacher" or "gaussian"). The solve is adaptive with rtol = atol = 1e-5 unless
-    `steps` or tolerances are given (see `solvers.sample`). `t` is a Python float (static).
+    ("rademacher" or "gaussian"). The solve is adaptive at `solvers.DEFAULT_TOL` unless a
+    `SolverSpec`, `steps` or tolerances say otherwise (see `solvers.sample`). `t` is a Python float (static).
     Traceable: call it under `jax.jit`, e.g. `jax.jit(lambda x: log_likelihood(vf, x))`.
+
+    Args:
+        vf: the field `vf(t, x)` of the flow.
+        x: (batch, ...) points at time t.
+        chunk_size: basis vectors per forward-mode batch of the exact divergence.
+        max_steps: the most steps an adaptive solve may take.
+        The others as above.
+
+    Returns:
+        The `LogLikelihood`: log p_t(x) of shape (batch,), x0, delta, the NFE and the steps taken.
     """
     if not callable(source_log_prob):
         raise ValueError(f"source_log_prob must be a function x0 -> (batch,) log-densities, got {source_log_prob!r}.")
@@ -156,22 +183,29 @@ def log_likelihood(
         raise ValueError(f"t must lie in (0, 1], got {t}: the log-density at t = 0 is source_log_prob itself.")
     if x.ndim < 2:
         raise ValueError(f"x must be batch-first with shape (batch, ...), got shape {x.shape}.")
-    if steps is None and rtol is None and atol is None:
-        rtol = atol = DEFAULT_TOL
 
     if divergence == "exact":
         div = lambda s, y: exact_divergence(vf, s, y, chunk_size)
     else:
-        probes = _probes(key, probe, int(num_probes), x)
+        probes = _probes(key, probe, int(num_probes), x)  # type: ignore[arg-type]  # key checked above
         div = lambda s, y: hutchinson_divergence(vf, s, y, probes)
 
-    def augmented(s, state):
+    def augmented(s: jax.Array, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         y, _ = state
         return div(s, y)
 
     delta0 = jnp.zeros(x.shape[:1], x.dtype)
-    sol = encode(augmented, (x, delta0), solver=solver, steps=steps, rtol=rtol, atol=atol, t0=float(t), t1=0.0,
-                 max_steps=max_steps)
+    sol = encode(
+        augmented,
+        (x, delta0),
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        t0=float(t),
+        t1=0.0,
+        max_steps=max_steps,
+    )
     x0, delta = sol.x
     return LogLikelihood(log_prob=source_log_prob(x0) + delta, x0=x0, delta=delta, nfe=sol.nfe, num_steps=sol.num_steps)
 
@@ -181,6 +215,14 @@ def bits_per_dim(log_prob: jax.Array, num_dims: int, log_scale: float = 0.0) -> 
 
     `log_scale` is log |dz/dy| per dimension for a model of z = scale * y + shift: the data
     density is p_y = p_z scale^D, so bits/dim = -(log p_z + D log_scale) / (D ln 2).
+
+    Args:
+        log_prob: log p_z in nats, any shape.
+        num_dims: D, the dimensions per example.
+        log_scale: as above.
+
+    Returns:
+        The bits per dimension, of the shape of log_prob.
     """
     return -(log_prob + num_dims * log_scale) / (num_dims * math.log(2.0))
 
@@ -202,15 +244,27 @@ def dequantized_bits_per_dim(
     `estimator="mean"` averages the bits over the draws (the usual published figure, an upper
     bound on the discrete code length in expectation); "logmeanexp" averages the densities
     (a tighter bound that approaches the discrete likelihood as num_samples grows).
+
+    Args:
+        log_prob_fn: `log_prob_fn(z) -> (batch,)` log-densities of the model.
+        x: (batch, ...) integer levels.
+        key: the key of the dequantization noise.
+        num_samples, num_levels, estimator: as above.
+        low, high: the interval the model's z spans.
+
+    Returns:
+        (batch,) bits per dimension.
     """
     if estimator not in ("mean", "logmeanexp"):
         raise ValueError(f"Unknown estimator {estimator!r}; choose 'mean' or 'logmeanexp'.")
     if jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must hold integer levels 0..{num_levels - 1} (got dtype {x.dtype}); dequantization adds the noise.")
+        raise ValueError(
+            f"x must hold integer levels 0..{num_levels - 1} (got dtype {x.dtype}); dequantization adds the noise."
+        )
     d = _flat_dim(x)
     log_scale = math.log((high - low) / num_levels)
 
-    def one_draw(k):
+    def one_draw(k: jax.Array) -> jax.Array:
         u = jax.random.uniform(k, x.shape)
         z = low + (high - low) * (x.astype(u.dtype) + u) / num_levels
         return log_prob_fn(z) + d * log_scale

@@ -39,7 +39,8 @@ teacher; Berthelot et al. 2026): -log p(x1 + eta eps) per dimension, in nats, wi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,17 @@ import jax.numpy as jnp
 from fm_jax.couplings import Coupling, Independent
 from fm_jax.paths import GaussianPath
 
-__all__ = ["FastODELoss", "FlowNLLLoss", "LogitNormalTime", "TARGETS", "UniformTime", "cfm_loss", "fast_ode_loss",
-           "flow_nll_loss"]
+__all__ = [
+    "FastODELoss",
+    "FlowNLLLoss",
+    "LogitNormalTime",
+    "TARGETS",
+    "UniformTime",
+    "cfm_loss",
+    "check_label_dropout",
+    "fast_ode_loss",
+    "flow_nll_loss",
+]
 
 TARGETS = ("velocity", "x1", "eps")
 DROP_STREAM = 0xC1A55
@@ -62,6 +72,15 @@ class UniformTime:
     t_max: float = 1.0
 
     def __call__(self, key: jax.Array, n: int) -> jax.Array:
+        """Draw n times.
+
+        Args:
+            key: the key of the draw.
+            n: the number of times.
+
+        Returns:
+            (n,) times in [t_min, t_max).
+        """
         return jax.random.uniform(key, (n,), minval=self.t_min, maxval=self.t_max)
 
 
@@ -73,6 +92,15 @@ class LogitNormalTime:
     s: float = 1.0
 
     def __call__(self, key: jax.Array, n: int) -> jax.Array:
+        """Draw n times.
+
+        Args:
+            key: the key of the draw.
+            n: the number of times.
+
+        Returns:
+            (n,) logit-normal times.
+        """
         return jax.nn.sigmoid(self.m + self.s * jax.random.normal(key, (n,)))
 
 
@@ -87,7 +115,21 @@ class CFMLoss:
     label_dropout: float = 0.0
     null_label: int | None = None
 
-    def __call__(self, apply: Callable, params: Any, key: jax.Array, batch: dict):
+    def __call__(
+        self, apply: Callable, params: Any, key: jax.Array, batch: dict
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The loss of one minibatch.
+
+        Args:
+            apply: the network, `apply(params, t, x_t, cond)`.
+            params: its parameters (a pytree).
+            key: the key of x0 (when the batch has none), the coupling, t, z and label dropout.
+            batch: "x1", and optionally "x0" and "label".
+
+        Returns:
+            (loss, metrics): the scalar loss and a dict of scalars ("loss", and "mse" with the
+            source's own metrics where the source adds a penalty).
+        """
         if "x1" not in batch:
             raise KeyError(f"batch needs the data under 'x1'; got keys {sorted(batch)}.")
         x1 = batch["x1"]
@@ -118,8 +160,20 @@ class CFMLoss:
         # The regression term is reported apart where the source adds a penalty (fast-ode's KL).
         return loss, {"loss": loss} | ({"mse": mse} | metrics if metrics else {})
 
-    def source(self, params, x0, x1, labels) -> tuple[jax.Array, jax.Array, dict]:
-        """(the source points to regress from, a penalty added to the loss, metrics): x0 as coupled here."""
+    def source(
+        self, params: Any, x0: jax.Array, x1: jax.Array, labels: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, dict]:
+        """(the source points to regress from, a penalty added to the loss, metrics): x0 as coupled here.
+
+        Args:
+            params: the network's parameters.
+            x0: (batch, ...) source points as coupled.
+            x1: (batch, ...) data points as coupled.
+            labels: (batch,) labels as coupled, or None.
+
+        Returns:
+            (x0, penalty, metrics): here x0 itself, a zero penalty and no metrics.
+        """
         return x0, jnp.zeros(()), {}
 
 
@@ -130,8 +184,12 @@ class FastODELoss(CFMLoss):
     encode: Callable | None = None
     beta: float = 1.0
 
-    def source(self, params, eps, x1, labels):
-        mu, log_sigma = self.encode(params, x1, labels)
+    def source(
+        self, params: Any, eps: jax.Array, x1: jax.Array, labels: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, dict]:
+        """x0 = mu(x1) + sigma(x1) eps from the encoder, the penalty beta KL / d, and {"kl": KL / d}."""
+        # encode is always set by fast_ode_loss; the None default only follows the parent's defaulted fields.
+        mu, log_sigma = self.encode(params, x1, labels)  # type: ignore[misc]
         x0 = mu + jnp.exp(log_sigma) * eps
         dims = tuple(range(1, x1.ndim))
         kl = 0.5 * jnp.sum(mu**2 + jnp.exp(2.0 * log_sigma) - 1.0 - 2.0 * log_sigma, axis=dims)
@@ -144,9 +202,21 @@ class FlowNLLLoss:
     """-log p(x1 + noise eps) / d of a normalizing flow `apply(params, x) -> log p(x)` (nats per dimension)."""
 
     noise: float = 0.0
-    coupling: Coupling = Independent()  # the train step's interface; a flow sees the data alone
 
-    def __call__(self, apply: Callable, params: Any, key: jax.Array, batch: dict):
+    def __call__(
+        self, apply: Callable, params: Any, key: jax.Array, batch: dict
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The loss of one minibatch.
+
+        Args:
+            apply: the flow's log-density, `apply(params, x) -> (batch,)`.
+            params: its parameters (a pytree).
+            key: the key of the training noise.
+            batch: the data under "x1".
+
+        Returns:
+            (loss, {"loss": loss}), the loss in nats per dimension.
+        """
         x1 = batch["x1"]
         noisy = x1 + self.noise * jax.random.normal(key, x1.shape, x1.dtype)
         loss = -jnp.mean(apply(params, noisy)) / (x1.size // x1.shape[0])
@@ -171,12 +241,31 @@ def fast_ode_loss(
     """The curvature-minimizing loss (Lee, Kim & Ye 2023): velocity regression from encoder-drawn x0, plus beta KL / d.
 
     The batch's "x0" (or a fresh N(0, I) draw) is the encoder's reparameterization noise eps.
+
+    Args:
+        path: the probability path.
+        encode: the encoder, `encode(params, x1, cond) -> (mu, log_sigma)`.
+        beta: the weight of the KL term, > 0.
+        time_sampler: `time_sampler(key, n) -> (n,)` times; `UniformTime()` when None.
+        label_dropout, null_label: as in `cfm_loss`.
+
+    Returns:
+        The loss, `loss(apply, params, key, batch) -> (scalar, metrics)` with "mse" and "kl" in metrics.
     """
     if not beta > 0.0:
         raise ValueError(f"beta must be positive (it keeps q_phi(x0 | x1) near N(0, I)), got {beta}.")
     base = cfm_loss(path, None, time_sampler, "velocity", label_dropout, null_label)
-    return FastODELoss(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, encode=encode,
-                       beta=float(beta))
+    return FastODELoss(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, encode=encode, beta=float(beta)
+    )
+
+
+def check_label_dropout(label_dropout: float, null_label: int | None = 0) -> None:
+    """A ValueError unless `label_dropout` is in [0, 1), with a `null_label` where it is positive."""
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1) (0 turns it off), got {label_dropout}.")
+    if label_dropout > 0.0 and null_label is None:
+        raise ValueError("label_dropout > 0 needs null_label: the label the network reads as 'no class'.")
 
 
 def cfm_loss(
@@ -191,13 +280,21 @@ def cfm_loss(
 
     `label_dropout` in [0, 1): the probability of training a label as `null_label` (for
     classifier-free guidance; the null label is the network's unconditional input).
+
+    Args:
+        path: the probability path.
+        coupling: how (x0, x1) are paired; `Independent()` when None.
+        time_sampler: `time_sampler(key, n) -> (n,)` times; `UniformTime()` when None.
+        target: what the network regresses on, one of `TARGETS`.
+        label_dropout: as above.
+        null_label: the label of the unconditional input; required when label_dropout > 0.
+
+    Returns:
+        The loss, a frozen `CFMLoss`.
     """
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}; choose one of {TARGETS}.")
-    if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(f"label_dropout must be in [0, 1) (0 turns it off), got {label_dropout}.")
-    if label_dropout > 0.0 and null_label is None:
-        raise ValueError("label_dropout > 0 needs null_label: the label the network reads as 'no class'.")
+    check_label_dropout(label_dropout, null_label)
     return CFMLoss(
         path=path,
         coupling=Independent() if coupling is None else coupling,

@@ -26,15 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 import ot
 
-from fm_jax.couplings import pairwise_sq_distances
-from fm_jax.solvers import VectorField, sample
+from fm_jax.primitives import pairwise_sq_distances
+from fm_jax.solvers import SolverSpec, VectorField, sample
 
 __all__ = ["TrajectoryMetrics", "mmd2", "normalized_path_energy", "trajectory_metrics", "w2"]
 
 W2_MAX_POINTS = 10_000
 
 
-def w2(x, y) -> float:
+def w2(x: np.ndarray | jax.Array, y: np.ndarray | jax.Array) -> float:
     """Exact W2 distance between the uniform empirical measures on x (n, ...) and y (m, ...)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
@@ -50,19 +50,28 @@ def w2(x, y) -> float:
     return float(np.sqrt(ot.emd2(a, b, cost, numItermax=10_000_000)))
 
 
-def _median_bandwidth(x, y) -> jax.Array:
+def _median_bandwidth(x: jax.Array, y: jax.Array) -> jax.Array:
     z = jnp.concatenate([x, y])
     return jnp.sqrt(0.5 * jnp.median(pairwise_sq_distances(z, z)))
 
 
 @jax.jit
 def mmd2(x: jax.Array, y: jax.Array, bandwidths: jax.Array | None = None) -> jax.Array:
-    """Unbiased MMD^2 with k(u, v) = sum_h exp(-||u - v||^2 / (2 h^2)); h from the median heuristic by default."""
+    """Unbiased MMD^2 with k(u, v) = sum_h exp(-||u - v||^2 / (2 h^2)); h from the median heuristic by default.
+
+    Args:
+        x: (n, ...) samples, n >= 2.
+        y: (m, ...) samples of the same trailing shape, m >= 2.
+        bandwidths: the bandwidths h (a scalar or a vector), or None for the median heuristic.
+
+    Returns:
+        The scalar MMD^2 estimate (may be slightly negative, being unbiased).
+    """
     x = x.reshape(x.shape[0], -1)
     y = y.reshape(y.shape[0], -1)
     h = jnp.atleast_1d(_median_bandwidth(x, y) if bandwidths is None else jnp.asarray(bandwidths, x.dtype))
 
-    def kernel(u, v):
+    def kernel(u: jax.Array, v: jax.Array) -> jax.Array:
         d = pairwise_sq_distances(u, v)[..., None]
         return jnp.sum(jnp.exp(-d / (2.0 * h**2)), -1)
 
@@ -84,16 +93,25 @@ class TrajectoryMetrics(NamedTuple):
     nfe: jax.Array
 
 
-def trajectory_metrics(vf: VectorField, x0: jax.Array, **solve_kwargs) -> TrajectoryMetrics:
-    """Path energy and curvature of the flow of vf from x0, integrated with `solvers.sample(**solve_kwargs)`."""
+def trajectory_metrics(vf: VectorField, x0: jax.Array, solver: SolverSpec = SolverSpec()) -> TrajectoryMetrics:
+    """Path energy and curvature of the flow of vf from x0, integrated with `solver`.
+
+    Args:
+        vf: the field `vf(t, x)`.
+        x0: (batch, ...) source points at t = 0.
+        solver: how to integrate from t = 0 to 1.
+
+    Returns:
+        The `TrajectoryMetrics`: the end points, the batch means of PE and C, and the NFE.
+    """
     batch = x0.shape[0]
 
-    def augmented(t, state):
+    def augmented(t: jax.Array, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         x, _ = state
         v = vf(t, x)
         return v, jnp.sum(v.reshape(batch, -1) ** 2, axis=-1)
 
-    sol = sample(augmented, (x0, jnp.zeros((batch,), x0.dtype)), **solve_kwargs)
+    sol = sample(augmented, (x0, jnp.zeros((batch,), x0.dtype)), solver)
     x1, energy = sol.x
     displacement = jnp.sum((x1 - x0).reshape(batch, -1) ** 2, axis=-1)
     return TrajectoryMetrics(
@@ -101,6 +119,14 @@ def trajectory_metrics(vf: VectorField, x0: jax.Array, **solve_kwargs) -> Trajec
     )
 
 
-def normalized_path_energy(path_energy, w2_sq):
-    """|PE - W2^2| / W2^2 (Tong et al. 2024)."""
+def normalized_path_energy(path_energy: float | jax.Array, w2_sq: float | jax.Array) -> jax.Array:
+    """|PE - W2^2| / W2^2 (Tong et al. 2024).
+
+    Args:
+        path_energy: PE, e.g. `TrajectoryMetrics.path_energy`.
+        w2_sq: W2^2 between the source and the target.
+
+    Returns:
+        The scalar normalized path energy.
+    """
     return jnp.abs(path_energy - w2_sq) / w2_sq

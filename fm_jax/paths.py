@@ -29,10 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from fm_jax.registry import Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # How far a loss keeps t from an end where the path's velocity is singular (`GaussianPath.t_range`).
 SINGULAR_END_MARGIN = 1e-5
@@ -50,6 +55,7 @@ __all__ = [
     "Trigonometric",
     "VEDiffusion",
     "VPDiffusion",
+    "PATHS",
     "get_path",
 ]
 
@@ -71,7 +77,7 @@ def _expand(c: jax.Array, x: jax.Array) -> jax.Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
-def _value_and_derivative(fn, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _value_and_derivative(fn: Callable[[jax.Array], jax.Array], t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """fn(t) and d fn / dt for an elementwise schedule, by forward-mode autodiff."""
     t = jnp.asarray(t, jnp.result_type(float))
     return jax.jvp(fn, (t,), (jnp.ones_like(t),))
@@ -82,15 +88,36 @@ class GaussianPath:
     """x_t = a(t) x0 + b(t) x1 + g(t) z. Subclasses define the schedules a, b and g."""
 
     def a(self, t: jax.Array) -> jax.Array:
-        """Coefficient of the source sample x0."""
+        """Coefficient of the source sample x0.
+
+        Args:
+            t: times, any shape.
+
+        Returns:
+            a(t), elementwise, of the shape of t.
+        """
         raise NotImplementedError
 
     def b(self, t: jax.Array) -> jax.Array:
-        """Coefficient of the data sample x1."""
+        """Coefficient of the data sample x1.
+
+        Args:
+            t: times, any shape.
+
+        Returns:
+            b(t), elementwise, of the shape of t.
+        """
         raise NotImplementedError
 
     def g(self, t: jax.Array) -> jax.Array:
-        """Standard deviation of the extra Gaussian noise z (zero unless overridden)."""
+        """Standard deviation of the extra Gaussian noise z (zero unless overridden).
+
+        Args:
+            t: times, any shape.
+
+        Returns:
+            g(t), elementwise, of the shape of t.
+        """
         return jnp.zeros_like(t)
 
     @property
@@ -105,8 +132,17 @@ class GaussianPath:
         return (0.0, 1.0)
 
     # -- schedules and their derivatives -------------------------------------------------
-    def coefficients(self, t: jax.Array):
-        """(a, b, g) and their time derivatives (a', b', g') at t, by autodiff."""
+    def coefficients(
+        self, t: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+        """(a, b, g) and their time derivatives (a', b', g') at t, by autodiff.
+
+        Args:
+            t: times, any shape.
+
+        Returns:
+            ((a, b, g), (a', b', g')), each of the shape of t.
+        """
         a, da = _value_and_derivative(self.a, t)
         b, db = _value_and_derivative(self.b, t)
         g, dg = _value_and_derivative(self.g, t)
@@ -118,6 +154,12 @@ class GaussianPath:
         Without noise s = a and s' = a' (schedules keep a >= 0), finite even where a = 0;
         with noise s' = (a a' + g g') / s, since autodiff through the square root would
         give 0 / 0 wherever s vanishes.
+
+        Args:
+            t: times, any shape.
+
+        Returns:
+            (s, s'), each of the shape of t.
         """
         (a, _, g), (da, _, dg) = self.coefficients(t)
         if not self.has_noise:
@@ -126,13 +168,24 @@ class GaussianPath:
         return s, (a * da + g * dg) / s
 
     # -- sampling ------------------------------------------------------------------------
-    def interpolate(self, t, x0, x1, z=None) -> tuple[jax.Array, jax.Array]:
-        """Deterministic (x_t, u_t) for times t of shape (batch,). z is required iff has_noise."""
+    def interpolate(
+        self, t: jax.Array, x0: jax.Array, x1: jax.Array, z: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """Deterministic (x_t, u_t) for times t of shape (batch,). z is required iff has_noise.
+
+        Args:
+            t: (batch,) times.
+            x0: (batch, ...) source samples.
+            x1: (batch, ...) data samples, of the shape of x0.
+            z: (batch, ...) standard normal noise; required iff `has_noise`.
+
+        Returns:
+            (x_t, u_t), each of the shape of x1.
+        """
         t = jnp.asarray(t)
         if t.ndim != 1 or t.shape[0] != x1.shape[0]:
             raise ValueError(
-                f"t must have shape (batch,) = ({x1.shape[0]},), got {t.shape}; "
-                "draw one time per example."
+                f"t must have shape (batch,) = ({x1.shape[0]},), got {t.shape}; draw one time per example."
             )
         if x0.shape != x1.shape:
             raise ValueError(f"x0 and x1 must have the same shape, got {x0.shape} and {x1.shape}.")
@@ -146,23 +199,43 @@ class GaussianPath:
             u_t = u_t + _expand(dg, z) * z
         return x_t, u_t
 
-    def sample(self, key: jax.Array, x0, x1, t) -> PathSample:
-        """Draw z ~ N(0, I) (when the path has noise) and return (t, x_t, u_t, z)."""
+    def sample(self, key: jax.Array, x0: jax.Array, x1: jax.Array, t: jax.Array) -> PathSample:
+        """Draw z ~ N(0, I) (when the path has noise) and return (t, x_t, u_t, z).
+
+        Args:
+            key: the key of z.
+            x0: (batch, ...) source samples.
+            x1: (batch, ...) data samples.
+            t: (batch,) times.
+
+        Returns:
+            The `PathSample`; z is zeros when the path has no noise.
+        """
         z = jax.random.normal(key, x1.shape, x1.dtype) if self.has_noise else jnp.zeros_like(x1)
         x_t, u_t = self.interpolate(t, x0, x1, z)
         return PathSample(jnp.asarray(t), x_t, u_t, z)
 
-    def eps(self, t, x0, z=None) -> jax.Array:
-        """The noise eps = (a x0 + g z) / s, the regression target of an eps-prediction."""
+    def eps(self, t: jax.Array, x0: jax.Array, z: jax.Array | None = None) -> jax.Array:
+        """The noise eps = (a x0 + g z) / s, the regression target of an eps-prediction.
+
+        Args:
+            t: (batch,) times.
+            x0: (batch, ...) source samples.
+            z: (batch, ...) the noise of `interpolate`; required iff `has_noise`.
+
+        Returns:
+            eps, of the shape of x0.
+        """
         (a, _, g), _ = self.coefficients(t)
         s, _ = self.noise_scale(t)
         noise = _expand(a, x0) * x0
         if self.has_noise:
-            noise = noise + _expand(g, z) * z
+            # z is required iff has_noise, a precondition mypy cannot follow through the property.
+            noise = noise + _expand(g, z) * z  # type: ignore[arg-type, operator]
         return noise / _expand(s, x0)
 
     # -- conversions between predictions -------------------------------------------------
-    def convert(self, pred: jax.Array, t, x_t: jax.Array, src: str, dst: str) -> jax.Array:
+    def convert(self, pred: jax.Array, t: jax.Array, x_t: jax.Array, src: str, dst: str) -> jax.Array:
         """Convert a prediction at (t, x_t) between 'velocity', 'x1', 'eps' and 'score'.
 
         With s = sqrt(a^2 + g^2): x_t = b x1_hat + s eps_hat, v = b' x1_hat + s' eps_hat,
@@ -170,6 +243,16 @@ class GaussianPath:
         conversions are singular where b = 0 (x1 from eps, t = 0), where s = 0 (eps from
         x1, t = 1 when sigma_min = 0) or where b' s - s' b = 0. See the module docstring
         for when they hold.
+
+        Args:
+            pred: (batch, ...) the prediction to convert.
+            t: (batch,) times.
+            x_t: (batch, ...) the points the prediction was made at.
+            src: what `pred` is, one of `PREDICTIONS`.
+            dst: what to convert it to, one of `PREDICTIONS`.
+
+        Returns:
+            The `dst` prediction, of the shape of x_t.
         """
         for name in (src, dst):
             if name not in PREDICTIONS:
@@ -211,10 +294,10 @@ class CondOT(GaussianPath):
 
     sigma_min: float = 0.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return 1.0 - (1.0 - self.sigma_min) * t
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return t
 
 
@@ -224,13 +307,13 @@ class ICFM(GaussianPath):
 
     sigma: float = 0.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return 1.0 - t
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return t
 
-    def g(self, t):
+    def g(self, t: jax.Array) -> jax.Array:
         return jnp.full_like(t, self.sigma)
 
     @property
@@ -249,13 +332,13 @@ class BrownianBridge(GaussianPath):
 
     sigma: float = 1.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return 1.0 - t
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return t
 
-    def g(self, t):
+    def g(self, t: jax.Array) -> jax.Array:
         return self.sigma * jnp.sqrt(t * (1.0 - t))
 
     @property
@@ -276,13 +359,13 @@ class Trigonometric(GaussianPath):
 
     sigma: float = 0.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return jnp.cos(0.5 * math.pi * t)
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return jnp.sin(0.5 * math.pi * t)
 
-    def g(self, t):
+    def g(self, t: jax.Array) -> jax.Array:
         return jnp.full_like(t, self.sigma)
 
     @property
@@ -302,14 +385,14 @@ class VPDiffusion(GaussianPath):
     beta_min: float = 0.1
     beta_max: float = 20.0
 
-    def _alpha(self, t):
+    def _alpha(self, t: jax.Array) -> jax.Array:
         s = 1.0 - t
         return jnp.exp(-0.5 * (self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2))
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return jnp.sqrt(1.0 - self._alpha(t) ** 2)
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return self._alpha(t)
 
 
@@ -325,10 +408,10 @@ class VEDiffusion(GaussianPath):
     sigma_min: float = 0.01
     sigma_max: float = 80.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** (1.0 - t)
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return jnp.ones_like(t)
 
 
@@ -342,14 +425,14 @@ class Cosine(GaussianPath):
 
     offset: float = 0.008
 
-    def _abar(self, t):
+    def _abar(self, t: jax.Array) -> jax.Array:
         f = lambda s: jnp.cos((s + self.offset) / (1.0 + self.offset) * 0.5 * math.pi) ** 2
         return jnp.clip(f(1.0 - t) / f(0.0), 0.0, 1.0)
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return jnp.sqrt(1.0 - self._abar(t))
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return jnp.sqrt(self._abar(t))
 
     @property
@@ -361,10 +444,10 @@ class Cosine(GaussianPath):
 class LinearVP(GaussianPath):
     """Linear variance-preserving schedule: x_t = sqrt(1 - t^2) x0 + t x1 (a^2 + b^2 = 1)."""
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return jnp.sqrt(1.0 - t**2)
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return t
 
 
@@ -374,19 +457,35 @@ class Polynomial(GaussianPath):
 
     n: float = 2.0
 
-    def a(self, t):
+    def a(self, t: jax.Array) -> jax.Array:
         return 1.0 - t**self.n
 
-    def b(self, t):
+    def b(self, t: jax.Array) -> jax.Array:
         return t**self.n
 
 
-def get_path(name: str, **params) -> GaussianPath:
-    """A path from its class name, case-insensitive: `get_path("condot", sigma_min=1e-4)`."""
-    names = {cls.__name__.lower(): cls for cls in GaussianPath.__subclasses__()}
-    if not isinstance(name, str) or name.lower() not in names:
-        raise ValueError(f"Unknown path {name!r}; choose one of {sorted(names)}.")
-    cls = names[name.lower()]
+# The paths by class name, case-insensitive.
+PATHS: Registry[type[GaussianPath]] = Registry(
+    "path",
+    {
+        cls.__name__: cls
+        for cls in (CondOT, ICFM, BrownianBridge, Trigonometric, VPDiffusion, VEDiffusion, Cosine, LinearVP, Polynomial)
+    },
+    fold_case=True,
+)
+
+
+def get_path(name: str, **params: float) -> GaussianPath:
+    """A path from its class name, case-insensitive (`PATHS`): `get_path("condot", sigma_min=1e-4)`.
+
+    Args:
+        name: the class name, e.g. "condot".
+        **params: the path's fields.
+
+    Returns:
+        The path; a ValueError names the fields for a parameter the path does not have.
+    """
+    cls = PATHS[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(params) - fields
     if unknown:

@@ -34,7 +34,9 @@ stochastic Runge-Kutta solvers "sea", "sra1", "shark", "spark".
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import diffrax
 import jax
@@ -42,14 +44,19 @@ import jax.numpy as jnp
 import lineax as lx
 
 from fm_jax.paths import GaussianPath
+from fm_jax.registry import Registry
 
 __all__ = [
+    "DEFAULT_TOL",
+    "ODE_SOLVERS",
     "SDE_SOLVERS",
     "Solution",
+    "SolverSpec",
     "calls_per_step",
     "check_adaptive",
     "encode",
     "get_solver",
+    "is_adaptive",
     "sample",
     "sample_sde",
     "score_from_velocity",
@@ -57,6 +64,7 @@ __all__ = [
 ]
 
 INITIAL_STEP = 0.01  # first step of an adaptive solve, as a fraction of |t1 - t0|
+DEFAULT_TOL = 1e-5  # rtol = atol of every adaptive solve that is given no tolerances (sampling, likelihood, eval)
 
 VectorField = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -75,28 +83,115 @@ class Solution(NamedTuple):
     trajectory: jax.Array | None = None
 
 
+# The explicit Diffrax solvers by name; any other explicit Runge-Kutta solver can be passed as an instance.
+ODE_SOLVERS: Registry[type[diffrax.AbstractSolver]] = Registry(
+    "solver",
+    {
+        "euler": diffrax.Euler,
+        "heun": diffrax.Heun,
+        "midpoint": diffrax.Midpoint,
+        "ralston": diffrax.Ralston,
+        "bosh3": diffrax.Bosh3,
+        "tsit5": diffrax.Tsit5,
+        "dopri5": diffrax.Dopri5,
+        "dopri8": diffrax.Dopri8,
+    },
+    fold_case=True,
+)
+
+
 def get_solver(solver: str | diffrax.AbstractSolver) -> diffrax.AbstractSolver:
-    """A Diffrax explicit solver from its name (case-insensitive) or an instance."""
+    """A Diffrax explicit solver from its name (case-insensitive, `ODE_SOLVERS`) or an instance."""
     if isinstance(solver, diffrax.AbstractSolver):
         return solver
-    names = {
-        name.lower(): cls
-        for name, cls in vars(diffrax).items()
-        if isinstance(cls, type) and issubclass(cls, diffrax.AbstractERK) and not name.startswith("Abstract")
-    }
-    names["euler"] = diffrax.Euler
-    if not isinstance(solver, str) or solver.lower() not in names:
-        raise ValueError(f"Unknown solver {solver!r}; choose one of {sorted(names)} or pass a diffrax solver.")
-    return names[solver.lower()]()
+    return ODE_SOLVERS[solver]()
+
+
+def is_adaptive(solver: str | diffrax.AbstractSolver) -> bool:
+    """Whether the solver has an error estimate (can take rtol/atol steps)."""
+    solver = get_solver(solver)
+    return isinstance(solver, diffrax.AbstractAdaptiveSolver) and solver.error_order(None) is not None
 
 
 def check_adaptive(solver: str | diffrax.AbstractSolver) -> None:
     """Raise a ValueError unless the solver has an error estimate (can take rtol/atol steps)."""
     solver = get_solver(solver)
-    if not isinstance(solver, diffrax.AbstractAdaptiveSolver) or solver.error_order(None) is None:
+    if not is_adaptive(solver):
         name = type(solver).__name__
-        raise ValueError(f"{name} has no error estimate: give it a number of steps ({name.lower()}:N, or "
-                         "--steps N), or use an adaptive solver such as 'dopri5'.")
+        raise ValueError(
+            f"{name} has no error estimate: give it a number of steps ({name.lower()}:N, or "
+            "--steps N), or use an adaptive solver such as 'dopri5'."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSpec:
+    """How to integrate a flow: a solver name with fixed `steps`, or adaptive at `rtol`/`atol`.
+
+    Written as text `NAME` (adaptive) or `NAME:STEPS` (fixed), e.g. "dopri5" or "euler:100";
+    `str(spec)` gives that text back, the key under which evaluations report a solver. The
+    defaults live here and only here: Dopri5, adaptive at `DEFAULT_TOL`. `sde=True` names an
+    SDE solver (`SDE_SOLVERS`, fixed steps only) instead of an ODE one (`ODE_SOLVERS`).
+    Frozen and hashable, so that a jitted function may close over it.
+    """
+
+    name: str = "dopri5"
+    steps: int | None = None
+    rtol: float = DEFAULT_TOL
+    atol: float = DEFAULT_TOL
+    sde: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1):
+            raise ValueError(f"Bad solver {self.name}:{self.steps}: the number of steps must be a positive integer.")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"Solver tolerances must be positive, got rtol={self.rtol}, atol={self.atol}.")
+        if self.sde:
+            SDE_SOLVERS[self.name]
+            if self.steps is None:
+                raise ValueError(f"SDE sampling runs in fixed steps: give it steps ({self.name}:100, or --steps 100).")
+        elif self.steps is None:
+            check_adaptive(self.name)
+        else:
+            get_solver(self.name)
+
+    @classmethod
+    def parse(cls, text: str, rtol: float | None = None, atol: float | None = None, sde: bool = False) -> SolverSpec:
+        """'dopri5' -> adaptive Dopri5; 'euler:100' -> Euler in 100 steps; tolerances default to `DEFAULT_TOL`.
+
+        Args:
+            text: `NAME` or `NAME:STEPS`.
+            rtol, atol: the tolerances of an adaptive solve (`DEFAULT_TOL` when None).
+            sde: whether NAME is an SDE solver.
+
+        Returns:
+            The spec; a ValueError for text that is neither form or names an unknown solver.
+        """
+        name, sep, steps = str(text).partition(":")
+        if sep and not steps.isdigit():
+            raise ValueError(f"Bad solver {text!r}: write NAME for adaptive steps or NAME:STEPS, e.g. euler:100.")
+        return cls(
+            name,
+            int(steps) if sep else None,
+            DEFAULT_TOL if rtol is None else rtol,
+            DEFAULT_TOL if atol is None else atol,
+            sde,
+        )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the solve is adaptive (no fixed number of steps)."""
+        return self.steps is None
+
+    def __str__(self) -> str:
+        return self.name if self.steps is None else f"{self.name}:{self.steps}"
+
+    @property
+    def tag(self) -> str:
+        """A file-name tag: 'euler_100steps', 'dopri5_rtol1e-05_atol1e-05'."""
+        if self.steps is not None:
+            return f"{self.name}_{self.steps}steps"
+        return f"{self.name}_rtol{self.rtol:g}_atol{self.atol:g}"
 
 
 def velocity_field(
@@ -120,19 +215,31 @@ def velocity_field(
     network's unconditional label; w = 1 is the conditional field, w = 0 the unconditional
     one. Both fields come from one network call on the batch stacked twice, so one vf
     evaluation (one NFE) costs two examples' worth of network per point.
+
+    Args:
+        apply: the network, `apply(params, t, x, cond)` with t of shape (batch,).
+        params: its parameters (a pytree).
+        cond: the network's conditioning input (e.g. class labels), or None.
+        path: the path, needed to convert a prediction other than "velocity".
+        prediction: what the network predicts: "velocity", "x1", "eps" or "score".
+        guidance: the classifier-free guidance weight w, or None for no guidance.
+        null_label: the network's unconditional label, needed with guidance.
+
+    Returns:
+        vf(t, x) -> dx/dt for scalar t and batch-first x.
     """
     if prediction != "velocity" and path is None:
         raise ValueError(f"A {prediction!r}-prediction network needs its path to become a velocity field.")
     if guidance is not None and (cond is None or null_label is None):
         raise ValueError("guidance needs the class labels (cond) and the network's null_label.")
 
-    def field(tb, x, labels):
+    def field(tb: jax.Array, x: jax.Array, labels: Any) -> jax.Array:
         out = apply(params, tb, x, labels)
         if prediction == "velocity":
             return out
-        return path.convert(out, tb, x, src=prediction, dst="velocity")
+        return path.convert(out, tb, x, src=prediction, dst="velocity")  # type: ignore[union-attr]  # path checked above
 
-    def vf(t, x):
+    def vf(t: jax.Array, x: jax.Array) -> jax.Array:
         tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
         if guidance is None:
             return field(tb, x, cond)
@@ -140,7 +247,7 @@ def velocity_field(
         both = field(
             jnp.concatenate([tb, tb]),
             jnp.concatenate([x, x]),
-            jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
+            jnp.concatenate([labels, jnp.full_like(labels, null_label)]),  # type: ignore[arg-type]  # checked above
         )
         v_cond, v_null = both[: x.shape[0]], both[x.shape[0] :]
         return v_null + guidance * (v_cond - v_null)
@@ -153,17 +260,19 @@ def calls_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
     if isinstance(solver, diffrax.Euler):
         return 0, 1
     if isinstance(solver, diffrax.AbstractERK):
+        # Diffrax types the tableau of any Runge-Kutta solver as ButcherTableau | MultiButcherTableau;
+        # an explicit (ERK) solver has a single ButcherTableau.
         tableau = solver.tableau
-        stages = len(tableau.c) + 1
+        stages = len(tableau.c) + 1  # type: ignore[union-attr]
         # FSAL: the last stage of a step is the first of the next, evaluated once at t0.
-        return (1, stages - 1) if tableau.fsal else (0, stages)
+        return (1, stages - 1) if tableau.fsal else (0, stages)  # type: ignore[union-attr]
     raise ValueError(f"{type(solver).__name__} is not an explicit Runge-Kutta solver; NFE cannot be counted.")
 
 
 def sample(
-    vf: VectorField,
-    x0: jax.Array,
-    solver: str | diffrax.AbstractSolver = "euler",
+    vf: VectorField | Callable[[jax.Array, Any], Any],
+    x0: Any,
+    solver: str | diffrax.AbstractSolver | SolverSpec = "dopri5",
     steps: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -174,16 +283,37 @@ def sample(
 ) -> Solution:
     """Integrate dx/dt = vf(t, x) from x(t0) = x0 to t1; x0 may be a pytree of arrays.
 
-    Give either `steps` (fixed step size (t1 - t0) / steps) or `rtol` and `atol` (adaptive,
-    PID step-size control). `save_trajectory`: an int K saves K equally spaced times from t0
+    `solver` is a name (`ODE_SOLVERS`), a Diffrax solver, or a `SolverSpec`, which carries
+    the steps or tolerances itself. Otherwise give `steps` (fixed step size (t1 - t0) /
+    steps) or tolerances (adaptive, PID step-size control; `DEFAULT_TOL` for one not given);
+    a name alone is solved adaptively at `DEFAULT_TOL`. `save_trajectory`: an int K saves K equally spaced times from t0
     to t1 (the dense output of the solver in between steps); True saves t0 and the state
     after every step (exactly steps + 1 states with fixed steps; padded with inf up to
     max_steps + 1 when adaptive).
+
+    Args:
+        vf: the field, `vf(t, x)` on the state (an array, or the pytree x0 is).
+        x0: the state at t0, batch-first.
+        solver, steps, rtol, atol: the solver, as above.
+        t0, t1: the start and end times (t1 < t0 integrates backward).
+        save_trajectory: False, True or a number of times, as above.
+        max_steps: the most steps an adaptive solve may take.
+
+    Returns:
+        The `Solution`: the state at t1, the NFE, the steps taken and the trajectory when asked.
     """
+    if isinstance(solver, SolverSpec):
+        if steps is not None or rtol is not None or atol is not None:
+            raise ValueError("A SolverSpec carries its steps and tolerances: pass no steps=, rtol= or atol= with it.")
+        # mypy checks a tuple assignment item by item, as if solver were already the name; Python
+        # evaluates the whole right-hand side first.
+        solver, steps, rtol, atol = solver.name, solver.steps, solver.rtol, solver.atol  # type: ignore[attr-defined]
+        rtol, atol = (None, None) if steps is not None else (rtol, atol)
     solver = get_solver(solver)
     init_calls, step_calls = calls_per_step(solver)  # raises before the solve for solvers it cannot count
-    if (steps is None) == (rtol is None and atol is None):
-        raise ValueError("Give either steps=N (fixed step) or rtol= and atol= (adaptive), not both or neither.")
+    if steps is not None and (rtol is not None or atol is not None):
+        raise ValueError("Give either steps=N (fixed step) or rtol= and atol= (adaptive), not both.")
+    controller: diffrax.AbstractStepSizeController
     if steps is not None:
         if int(steps) < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}.")
@@ -191,13 +321,14 @@ def sample(
         max_steps = int(steps)  # so that a saved trajectory has exactly steps + 1 states
     else:
         check_adaptive(solver)
-        rtol = 1e-5 if rtol is None else rtol
-        atol = 1e-5 if atol is None else atol
+        rtol = DEFAULT_TOL if rtol is None else rtol
+        atol = DEFAULT_TOL if atol is None else atol
         # An explicit first step (PID control grows it up to 10x a step): Diffrax's automatic
         # initial step search would add evaluations that the NFE count cannot see.
         controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), INITIAL_STEP * (t1 - t0)
 
-    term = diffrax.ODETerm(lambda t, y, args: vf(t, y))
+    # Diffrax types t as RealScalarLike (any real scalar); diffeqsolve passes a scalar array.
+    term = diffrax.ODETerm(lambda t, y, args: vf(t, y))  # type: ignore[arg-type]
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -223,33 +354,52 @@ def _saveat(save_trajectory: bool | int, t0: float, t1: float) -> diffrax.SaveAt
 
 
 def _solution(sol: diffrax.Solution, init_calls: int, step_calls: int) -> Solution:
+    # Diffrax types ys and ts as optional (None where SaveAt saves nothing); `_saveat` always saves t1.
     num_steps = sol.stats["num_steps"]
     nfe = init_calls + step_calls * num_steps
-    x = jax.tree.map(lambda y: y[-1], sol.ys[0])
-    if len(sol.ys) == 1:
+    x = jax.tree.map(lambda y: y[-1], sol.ys[0])  # type: ignore[index]
+    if len(sol.ys) == 1:  # type: ignore[arg-type]
         return Solution(x=x, nfe=nfe, num_steps=num_steps)
-    return Solution(x=x, nfe=nfe, num_steps=num_steps, ts=sol.ts[1], trajectory=sol.ys[1])
+    return Solution(x=x, nfe=nfe, num_steps=num_steps, ts=sol.ts[1], trajectory=sol.ys[1])  # type: ignore[index]
 
 
-def encode(vf: VectorField, x1: jax.Array, **kwargs) -> Solution:
-    """Integrate backward from data at t = 1 to the source at t = 0 (the inverse flow map)."""
+def encode(
+    vf: VectorField | Callable[[jax.Array, Any], Any],
+    x1: Any,
+    solver: str | diffrax.AbstractSolver | SolverSpec = "dopri5",
+    **kwargs: Any,
+) -> Solution:
+    """Integrate backward from data at t = 1 to the source at t = 0 (the inverse flow map).
+
+    Args:
+        vf: the field, as in `sample`.
+        x1: the data points, batch-first (or a pytree of them).
+        solver: as in `sample`: a name, a Diffrax solver or a `SolverSpec`.
+        **kwargs: the other options of `sample`; t0 defaults to 1 and t1 to 0.
+
+    Returns:
+        The `Solution` at t1 (the source end by default).
+    """
     kwargs.setdefault("t0", 1.0)
     kwargs.setdefault("t1", 0.0)
-    return sample(vf, x1, **kwargs)
+    return sample(vf, x1, solver, **kwargs)
 
 
 BROWNIAN_TOL = 2.0**-12  # resolution of the Brownian tree, as a fraction of [t0, t1]
 
 # Diffrax solvers valid for additive noise, by name; the SRK ones use space-time Levy area.
-SDE_SOLVERS = {
-    "euler": diffrax.Euler,
-    "heun": diffrax.Heun,
-    "euler_heun": diffrax.EulerHeun,
-    "sea": diffrax.SEA,
-    "sra1": diffrax.SRA1,
-    "shark": diffrax.ShARK,
-    "spark": diffrax.SPaRK,
-}
+SDE_SOLVERS: Registry[type[diffrax.AbstractSolver]] = Registry(
+    "SDE solver",
+    {
+        "euler": diffrax.Euler,
+        "heun": diffrax.Heun,
+        "euler_heun": diffrax.EulerHeun,
+        "sea": diffrax.SEA,
+        "sra1": diffrax.SRA1,
+        "shark": diffrax.ShARK,
+        "spark": diffrax.SPaRK,
+    },
+)
 
 
 def score_from_velocity(vf: VectorField, path: GaussianPath) -> VectorField:
@@ -260,7 +410,7 @@ def score_from_velocity(vf: VectorField, path: GaussianPath) -> VectorField:
     for `CondOT(sigma_min=0)`): use a diffusion that vanishes there, e.g. g(t) = c s(t).
     """
 
-    def score(t, x):
+    def score(t: jax.Array, x: jax.Array) -> jax.Array:
         tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
         return path.convert(vf(t, x), tb, x, src="velocity", dst="score")
 
@@ -284,13 +434,15 @@ def sample_sde(
     key: jax.Array,
     score: VectorField | GaussianPath,
     diffusion: float | Callable[[jax.Array], jax.Array],
-    solver: str = "euler",
+    solver: str | SolverSpec = "euler",
     steps: int = 100,
     t0: float = 0.0,
     t1: float = 1.0,
     save_trajectory: bool | int = False,
 ) -> Solution:
     """Integrate dx = [vf + g^2 / 2 score] dt + g dW from x(t0) = x0 to t1 > t0 in `steps` fixed steps.
+
+    `solver` is a name of `SDE_SOLVERS`, or a `SolverSpec` with its steps ("euler:100").
 
     `diffusion` is g: a constant or a function of scalar t. `score` is grad log p_t: a
     function `score(t, x)`, or a `GaussianPath`, whose score is converted from the same
@@ -301,18 +453,20 @@ def sample_sde(
     up to t1 = 1 with every solver. `key` picks the Brownian path, the same one at every
     number of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
     """
-    if solver not in SDE_SOLVERS:
-        raise ValueError(f"Unknown SDE solver {solver!r}; choose one of {sorted(SDE_SOLVERS)}.")
+    if isinstance(solver, SolverSpec):
+        if solver.steps is None:
+            raise ValueError(f"SDE sampling runs in fixed steps: give it steps ({solver.name}:100, or --steps 100).")
+        solver, steps = solver.name, solver.steps  # type: ignore[attr-defined]  # as in `sample`
+    method = SDE_SOLVERS[solver]()
     if int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}.")
     if not t0 < t1:
         raise ValueError(f"sample_sde runs forward in time: need t0 < t1, got t0={t0}, t1={t1}.")
-    method = SDE_SOLVERS[solver]()
     g = diffusion if callable(diffusion) else (lambda t: jnp.asarray(diffusion, x0.dtype))
     dt = (t1 - t0) / int(steps)
     safe_t = 0.5 * (t0 + t1)
 
-    def drift(t, x, args):
+    def drift(t: jax.Array, x: jax.Array, args: Any) -> jax.Array:
         gt, v = g(t), vf(t, x)
         off = gt == 0
         ts = jnp.where(off, safe_t, t)  # where the score term is dropped, evaluate it somewhere finite
@@ -322,16 +476,22 @@ def sample_sde(
             s = score(ts, x)
         return jnp.where(off, v, v + 0.5 * gt**2 * s)
 
-    def noise(t, x, args):
+    def noise(t: jax.Array, x: jax.Array, args: Any) -> lx.DiagonalLinearOperator:
         return lx.DiagonalLinearOperator(jnp.broadcast_to(jnp.asarray(g(t), x.dtype), x.shape))
 
     levy = diffrax.SpaceTimeLevyArea if isinstance(method, diffrax.AbstractSRK) else diffrax.BrownianIncrement
     # Increments are Brownian in law at any query time; a tolerance fixed relative to [t0, t1]
     # (finer than the step) makes one key one path at every step count, refining pathwise.
     tol = min((t1 - t0) * BROWNIAN_TOL, dt / 2)
-    brownian = diffrax.VirtualBrownianTree(t0, t1, tol=tol, shape=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
-                                           key=key, levy_area=levy)
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(noise, brownian))
-    sol = diffrax.diffeqsolve(terms, method, t0, t1, dt, x0, saveat=_saveat(save_trajectory, t0, t1),
-                              max_steps=int(steps))
+    brownian = diffrax.VirtualBrownianTree(
+        t0, t1, tol=tol, shape=jax.ShapeDtypeStruct(x0.shape, x0.dtype), key=key, levy_area=levy
+    )
+    # drift and noise take t as a scalar array, which diffeqsolve passes (Diffrax types it RealScalarLike).
+    terms: diffrax.MultiTerm[tuple[diffrax.ODETerm, diffrax.ControlTerm]] = diffrax.MultiTerm(
+        diffrax.ODETerm(drift),  # type: ignore[arg-type]
+        diffrax.ControlTerm(noise, brownian),  # type: ignore[arg-type]
+    )
+    sol = diffrax.diffeqsolve(
+        terms, method, t0, t1, dt, x0, saveat=_saveat(save_trajectory, t0, t1), max_steps=int(steps)
+    )
     return _solution(sol, 0, _sde_drift_calls(method))

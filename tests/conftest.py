@@ -13,12 +13,16 @@ jax.config.update("jax_num_cpu_devices", 8)
 # Many tests compile the same programs (a train step built again by each run of a config):
 # a compilation cache shared by the pytest workers of one session compiles each once.
 # JAX_COMPILATION_CACHE_DIR overrides the place; the cache never changes results.
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_cache_{os.getuid()}")))
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_cache_{os.getuid()}")
+    ),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-import fm_jax as fm
+import fm_jax as fm  # noqa: E402 (after the cache settings, which must precede any compile)
 
 ALL_PATHS = [
     fm.paths.CondOT(),

@@ -41,16 +41,28 @@ def test_timing_loops_measure_calls_of_known_length(monkeypatch):
 
 def test_train_speed_writes_every_variant_and_ratio(tmp_path, monkeypatch):
     out = tmp_path / "speed.json"
-    bench("train_speed", monkeypatch).main(["--seconds", "0.01", "--steps-per-call", "2", "--dims", "2", "16",
-                                            "--wide-width", "32", "--out", str(out)])
+    bench("train_speed", monkeypatch).main(
+        ["--seconds", "0.01", "--steps-per-call", "2", "--dims", "2", "16", "--wide-width", "32", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
-    assert set(result["steps_per_s"]) == {"bare", "bare_drawn", "icfm", "icfm_driver", "otcfm_network_simplex",
-                                          "otcfm_hungarian", "assignment_network_simplex"}
+    assert set(result["steps_per_s"]) == {
+        "bare",
+        "bare_drawn",
+        "icfm",
+        "icfm_driver",
+        "otcfm_network_simplex",
+        "otcfm_hungarian",
+        "assignment_network_simplex",
+    }
     assert all(rate > 0 for rate in result["steps_per_s"].values())
     assert all(ratio > 0 for ratio in result["ratios"].values())
     models = result["models"]
     assert [(m["dim"], m["width"], m["precision"]) for m in models] == [
-        (2, 64, "float32"), (2, 64, "bfloat16"), (16, 32, "float32"), (16, 32, "bfloat16")]
+        (2, 64, "float32"),
+        (2, 64, "bfloat16"),
+        (16, 32, "float32"),
+        (16, 32, "bfloat16"),
+    ]
 
 
 def test_train_speed_ratios_are_step_time_ratios(tmp_path, monkeypatch):
@@ -63,15 +75,27 @@ def test_train_speed_ratios_are_step_time_ratios(tmp_path, monkeypatch):
     out = tmp_path / "speed.json"
     module.main(["--dims", "2", "--precisions", "float32", "bfloat16", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["steps_per_s"] == {"bare": 1000.0, "bare_drawn": 500.0, "icfm": 125.0, "icfm_driver": 100.0,
-                                     "otcfm_network_simplex": 40.0, "otcfm_hungarian": 10.0,
-                                     "assignment_network_simplex": 25.0}
+    assert result["steps_per_s"] == {
+        "bare": 1000.0,
+        "bare_drawn": 500.0,
+        "icfm": 125.0,
+        "icfm_driver": 100.0,
+        "otcfm_network_simplex": 40.0,
+        "otcfm_hungarian": 10.0,
+        "assignment_network_simplex": 25.0,
+    }
     # An I-CFM step takes 1/125 s, a bare one 1/1000 s: 8 times as long; and so on. The bound:
     # an I-CFM step (1/100 s) plus an assignment (1/25 s), over the I-CFM step.
-    assert result["ratios"] == pytest.approx({
-        "icfm_over_bare_time": 8.0, "icfm_over_bare_drawn_time": 4.0, "bare_drawn_over_bare_time": 2.0,
-        "otcfm_network_simplex_over_icfm_time": 2.5, "otcfm_bound_from_assignment_over_icfm_time": 5.0,
-        "otcfm_hungarian_over_icfm_time": 10.0})
+    assert result["ratios"] == pytest.approx(
+        {
+            "icfm_over_bare_time": 8.0,
+            "icfm_over_bare_drawn_time": 4.0,
+            "bare_drawn_over_bare_time": 2.0,
+            "otcfm_network_simplex_over_icfm_time": 2.5,
+            "otcfm_bound_from_assignment_over_icfm_time": 5.0,
+            "otcfm_hungarian_over_icfm_time": 10.0,
+        }
+    )
     assert [m["icfm_over_bare_time"] for m in result["models"]] == pytest.approx([3.0, 4.0])
 
 
@@ -88,8 +112,9 @@ def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkey
 
 def test_engine_bench_compares_with_the_bare_step_per_device_count(tmp_path, monkeypatch):
     out = tmp_path / "engine.json"
-    bench("engine", monkeypatch).main(["--devices", "1", "2", "--seconds", "0.05", "--steps-per-call", "2",
-                                       "--batch", "64", "--out", str(out)])
+    bench("engine", monkeypatch).main(
+        ["--devices", "1", "2", "--seconds", "0.05", "--steps-per-call", "2", "--batch", "64", "--out", str(out)]
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [row["devices"] for row in rows] == [1, 2]
     for row in rows:
@@ -110,8 +135,25 @@ def test_engine_bench_ratio_and_throughput_follow_from_the_step_rates(monkeypatc
 
 def test_likelihood_bench_times_every_divergence_per_dimension(tmp_path, monkeypatch):
     out = tmp_path / "likelihood.json"
-    bench("likelihood", monkeypatch).main(["--dims", "2", "5", "--batch", "8", "--width", "16", "--steps", "2",
-                                           "--chunk", "2", "--seconds", "0.01", "--out", str(out)])
+    bench("likelihood", monkeypatch).main(
+        [
+            "--dims",
+            "2",
+            "5",
+            "--batch",
+            "8",
+            "--width",
+            "16",
+            "--steps",
+            "2",
+            "--chunk",
+            "2",
+            "--seconds",
+            "0.01",
+            "--out",
+            str(out),
+        ]
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [row["dim"] for row in rows] == [2, 5]
     for row in rows:
@@ -124,8 +166,19 @@ def test_torchcfm_comparison_trains_and_samples_the_fm_jax_side(monkeypatch):
     module = bench("vs_torchcfm", monkeypatch)
     out = module.run_fm_jax("otcfm", "8gaussians", "moons", steps=20, num=64, seed=0)
     assert out["steps_per_s"] > 0 and out["samples"].shape == (64, 2)
-    rows = [{"task": "a", "method": "icfm", "seed": seed, "torchcfm_steps_per_s": 100.0, "fm_jax_steps_per_s": rate,
-             "speedup": rate / 100.0, "torchcfm_w2": 0.5, "fm_jax_w2": 0.4} for seed, rate in enumerate([300.0, 500.0])]
+    rows = [
+        {
+            "task": "a",
+            "method": "icfm",
+            "seed": seed,
+            "torchcfm_steps_per_s": 100.0,
+            "fm_jax_steps_per_s": rate,
+            "speedup": rate / 100.0,
+            "torchcfm_w2": 0.5,
+            "fm_jax_w2": 0.4,
+        }
+        for seed, rate in enumerate([300.0, 500.0])
+    ]
     (summary,) = module.summarize(rows)
     assert summary["seeds"] == 2 and summary["speedup"] == {"mean": 4.0, "std": 1.0}
 
@@ -158,8 +211,22 @@ def test_unet_bench_figures_follow_from_the_step_times(tmp_path, monkeypatch):
     # Median seconds per call as if measured: the loss step 2.5 times the bare one.
     monkeypatch.setattr(module, "median_call_seconds", lambda steps, carries, calls: {"bare": 0.02, "loss": 0.05})
     out = tmp_path / "unet.json"
-    module.main(["--preset", "tiny", "--shape", "8,8,1", "--batch", "4", "--calls", "1", "--precisions", "float32",
-                 "--out", str(out)])
+    module.main(
+        [
+            "--preset",
+            "tiny",
+            "--shape",
+            "8,8,1",
+            "--batch",
+            "4",
+            "--calls",
+            "1",
+            "--precisions",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["params"] == 190_369  # the tiny preset, unconditional, on 8x8x1
     row = result["precisions"]["float32"]
@@ -175,15 +242,17 @@ def test_unet_bench_times_each_step_by_its_median_call(monkeypatch):
     def step(seconds):
         return lambda params, opt_state, i: (time.sleep(seconds) or params, opt_state)
 
-    medians = module.median_call_seconds({"short": step(0.01), "long": step(0.05)},
-                                         {"short": (0, 0), "long": (0, 0)}, calls=3)
+    medians = module.median_call_seconds(
+        {"short": step(0.01), "long": step(0.05)}, {"short": (0, 0), "long": (0, 0)}, calls=3
+    )
     assert 0.01 <= medians["short"] < 0.04 and 0.05 <= medians["long"] < 0.08
 
 
 def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_path, monkeypatch):
     out = tmp_path / "sampling.json"
-    bench("sampling", monkeypatch).main(["--steps", "3", "--seconds", "0.01", "--train-steps", "100",
-                                         "--out", str(out)])
+    bench("sampling", monkeypatch).main(
+        ["--steps", "3", "--seconds", "0.01", "--train-steps", "100", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
     # Diffrax's Euler and the hand-written loop compute the same steps (up to the rounding of t).
     assert all(r["max_abs_difference"] < 1e-5 for r in result["euler"]) and len(result["euler"]) == 2
@@ -198,8 +267,9 @@ def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["reflow (Dopri5 1e-4)", "nfm (RealNVP)"]
     for r in rows.values():
-        assert min(r["icfm_steps_per_s"], r["in_step_steps_per_s"], r["precomputed_steps_per_s"],
-                   r["pairs_seconds"]) > 0
+        assert (
+            min(r["icfm_steps_per_s"], r["in_step_steps_per_s"], r["precomputed_steps_per_s"], r["pairs_seconds"]) > 0
+        )
         assert r["break_even_steps"] is None or r["break_even_steps"] > 0
     assert "| nfm (RealNVP) |" in out.with_suffix(".md").read_text()
 
@@ -207,8 +277,14 @@ def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path
 def test_teacher_cost_bench_breaks_even_where_both_ways_took_as_long(tmp_path, monkeypatch):
     module = bench("teacher_cost", monkeypatch)
     # Steps/s as if measured, by run; the pairs take 2 s.
-    rates = {"icfm": 500.0, "flow": 400.0, "reflow_in_step": 100.0, "reflow_precomputed": 200.0,
-             "nfm_in_step": 50.0, "nfm_precomputed": 250.0}
+    rates = {
+        "icfm": 500.0,
+        "flow": 400.0,
+        "reflow_in_step": 100.0,
+        "reflow_precomputed": 200.0,
+        "nfm_in_step": 50.0,
+        "nfm_precomputed": 250.0,
+    }
     monkeypatch.setattr(module, "steps_per_s", lambda config, workdir: rates[pathlib.Path(workdir).name])
     monkeypatch.setattr(module, "pairs_seconds", lambda config, num: 2.0)
     out = tmp_path / "teacher_cost.json"

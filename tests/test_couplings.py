@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 
 import fm_jax as fm
-from fm_jax.couplings import pairwise_sq_distances
+from fm_jax.primitives import pairwise_sq_distances
 
 
 def _batch(n, d=2, seed=0, shift=1.0):
@@ -44,7 +44,9 @@ def test_network_simplex_matches_hungarian_under_vmap_and_classes():
     ).transpose(1, 0, 2, 3)
     labels = jnp.tile(jnp.arange(40) % 3, (3, 1))
     perms = {
-        solver: jax.jit(jax.vmap(fm.couplings.ExactOT(class_conditional=True, solver=solver).assignment))(x0, x1, labels)
+        solver: jax.jit(jax.vmap(fm.couplings.ExactOT(class_conditional=True, solver=solver).assignment))(
+            x0, x1, labels
+        )
         for solver in fm.couplings.EXACT_SOLVERS
     }
     np.testing.assert_array_equal(perms["hungarian"], perms["network_simplex"])

@@ -52,7 +52,9 @@ def test_moons_match_torchdyn_scaled():
     np.testing.assert_allclose(on_arc[0].mean(), 0.5, atol=0.02)
     # A reference sample built as torchdyn does (evenly spaced angles) has the same law.
     a_out, a_in = np.linspace(0, math.pi, 1000), np.linspace(0, math.pi, 1000)
-    ref = np.concatenate([np.stack([np.cos(a_out), np.sin(a_out)], 1), np.stack([1 - np.cos(a_in), 0.5 - np.sin(a_in)], 1)])
+    ref = np.concatenate(
+        [np.stack([np.cos(a_out), np.sin(a_out)], 1), np.stack([1 - np.cos(a_in), 0.5 - np.sin(a_in)], 1)]
+    )
     ref = 3 * (ref + 0.2 * np.random.default_rng(0).random((2000, 1))) - 1
     baseline = fm.metrics.w2(x[:2000], x[2000:4000])  # two samples of one law
     assert fm.metrics.w2(x[:2000], ref) < 1.5 * baseline
@@ -102,12 +104,12 @@ N_HIST = 200_000
 log_prob = jax.jit(toy2d.log_prob, static_argnums=0)  # one compilation per density and shape
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def samples(name):
     return draw(name, 1, N_HIST)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cell_probabilities(name):
     """The probability of each CELL x CELL cell of the box under exp(log_prob), by the midpoint rule."""
     x0, x1, y0, y1 = BOXES[name]

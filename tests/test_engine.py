@@ -18,11 +18,15 @@ STEPS = 10
 
 def run(num_devices: int, calls: int = 2, **overrides):
     """Per-step losses of `calls` calls of STEPS steps, and the final state."""
-    fields = {"mesh.num_devices": num_devices, "num_steps": calls * STEPS, "steps_per_call": STEPS,
-              "log_every": STEPS, "batch_size": 64} | overrides
+    fields = {
+        "mesh.num_devices": num_devices,
+        "num_steps": calls * STEPS,
+        "steps_per_call": STEPS,
+        "log_every": STEPS,
+        "batch_size": 64,
+    } | overrides
     config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
-    check_config(config)
-    engine = build_engine(config)
+    engine = build_engine(check_config(config))
     state, losses = engine.state, []
     for call in range(calls):
         state, values = engine.steps(state, engine.batches(engine.data_key, call * STEPS))
@@ -49,7 +53,10 @@ def test_eight_devices_match_one(method, layout):
 
 def test_fsdp_splits_the_weights_and_replicates_what_does_not_divide():
     _, state, engine = run(8, calls=1, **{"mesh.param_layout": "fsdp"})
-    specs = {jax.tree_util.keystr(path): leaf.sharding.spec for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    specs = {
+        jax.tree_util.keystr(path): leaf.sharding.spec
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+    }
     kernels = [spec for name, spec in specs.items() if "kernel" in name]
     # Every kernel has an axis of 64 units, which 8 devices divide; the output bias (2 units) stays whole.
     assert kernels and all("data" in tuple(spec) for spec in kernels)
@@ -86,8 +93,11 @@ def test_group_pairs_are_optimal_within_each_group():
 def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_losses():
     f32, _, _ = run(8, method="icfm")
     bf16, state, _ = run(8, method="icfm", precision="bfloat16")
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((state.params, state.opt_state, state.ema_params))
-               if jnp.issubdtype(leaf.dtype, jnp.floating))
+    assert all(
+        leaf.dtype == jnp.float32
+        for leaf in jax.tree.leaves((state.params, state.opt_state, state.ema_params))
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    )
     assert not np.array_equal(bf16, f32)  # the network did run in bf16
     np.testing.assert_allclose(bf16, f32, rtol=0.05)
 

@@ -31,8 +31,14 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform
 
 
 def short_config(**fields):
-    base = {"num_steps": 60, "steps_per_call": 10, "log_every": 10, "checkpoint_every": 20, "batch_size": 64,
-            "method": "icfm"}
+    base = {
+        "num_steps": 60,
+        "steps_per_call": 10,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "batch_size": 64,
+        "method": "icfm",
+    }
     return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in (base | fields).items()})
 
 
@@ -100,8 +106,11 @@ def test_every_checkpoint_damaged_refuses_to_restart_and_keeps_the_log(tmp_path)
     for step in (20, 40):
         state_files(tmp_path / "checkpoints" / str(step))[-1].unlink()
     log = (tmp_path / "metrics.jsonl").read_bytes()
-    with pytest.raises(DamagedCheckpoints, match=r"Every checkpoint .* is damaged: 40 \(.*\), 20 \(.*Nothing was "
-                       r"changed. Either move them aside .* or pass a new --workdir"):
+    with pytest.raises(
+        DamagedCheckpoints,
+        match=r"Every checkpoint .* is damaged: 40 \(.*\), 20 \(.*Nothing was "
+        r"changed. Either move them aside .* or pass a new --workdir",
+    ):
         train(short_config(), tmp_path, progress=False)
     assert (tmp_path / "metrics.jsonl").read_bytes() == log
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20", "40"]
@@ -132,7 +141,7 @@ def test_single_bit_flips_never_load_changed_values(tmp_path, reference):
 
 
 def test_a_nonfinite_state_is_never_checkpointed(tmp_path, reference):
-    engine = loop.build_engine(short_config())
+    engine = loop.build_engine(loop.check_config(short_config()))
     state = engine.state._replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(np.nan), engine.state.params))
     checkpoints = Checkpoints(tmp_path)
     with pytest.raises(FloatingPointError, match="NaN or infinite values: it was not checkpointed"):
@@ -149,8 +158,8 @@ def test_a_nonfinite_loss_stops_at_the_first_call(tmp_path, monkeypatch):
     calls = []
     build = loop.build_engine
 
-    def counting(config):
-        engine = build(config)
+    def counting(spec):
+        engine = build(spec)
         compile_steps = engine.steps.compile
 
         def compiled(state, batches):
@@ -227,19 +236,34 @@ def test_bad_paths_and_files_are_refused_with_their_names(tmp_path):
         train(short_config(num_steps=20, target=f"file:{tmp_path / 'text.npy'}"), tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "--solvers", "euler"], "Euler has no error estimate: give it a number of steps"),
-    (["sample", "--solver", "euler"], "Euler has no error estimate: give it a number of steps"),
-    (["eval", "--num", "1"], "--num must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--solvers", "euler"], "Euler has no error estimate: give it a number of steps"),
+        (["sample", "--solver", "euler"], "Euler has no error estimate: give it a number of steps"),
+        (["eval", "--num", "1"], "--num must be at least 2"),
+    ],
+)
 def test_bad_command_lines_fail_before_any_work(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         cli.main([*argv, "--workdir", str(tmp_path / "none")])
 
 
 def train_cmd(workdir, *extra):
-    return [sys.executable, "-m", "fm_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-            "--config.method=icfm", "--config.batch_size=64", "--config.steps_per_call=10", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fm_jax.cli",
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        "--config.method=icfm",
+        "--config.batch_size=64",
+        "--config.steps_per_call=10",
+        *extra,
+    ]
 
 
 def wait_for(condition, proc, seconds=120):
@@ -253,8 +277,9 @@ def wait_for(condition, proc, seconds=120):
 def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_does_not_block(tmp_path):
     workdir = tmp_path / "run"
     long = ["--config.num_steps=1000000", "--config.log_every=100", "--config.checkpoint_every=200"]
-    first = subprocess.Popen(train_cmd(workdir, *long), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        train_cmd(workdir, *long), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for(lambda: (workdir / "checkpoints" / "200").is_dir(), first)
         second = subprocess.run(train_cmd(workdir, *long), env=ENV, capture_output=True, text=True, timeout=120)
@@ -266,8 +291,13 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_does_not_block(t
         first.communicate()
     assert f"PID {first.pid}" in (workdir / "lock").read_text()
     done = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    rerun = subprocess.run(train_cmd(workdir, f"--config.num_steps={done + 100}", *long[1:]), env=ENV,
-                           capture_output=True, text=True, timeout=180)
+    rerun = subprocess.run(
+        train_cmd(workdir, f"--config.num_steps={done + 100}", *long[1:]),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
 
 
@@ -276,9 +306,15 @@ def test_a_stop_in_a_long_call_is_saved_within_seconds_and_resumes(tmp_path):
     SIGTERM mid-call is saved within max_call_s (5 s) plus one step, at a step inside the
     call, and exits 75."""
     workdir = tmp_path / "run"
-    slow = ["--config.num_steps=1000", "--config.steps_per_call=100", "--config.log_every=100",
-            "--config.checkpoint_every=0", "--config.batch_size=4096", "--config.model.width=1024",
-            "--config.model.depth=4"]
+    slow = [
+        "--config.num_steps=1000",
+        "--config.steps_per_call=100",
+        "--config.log_every=100",
+        "--config.checkpoint_every=0",
+        "--config.batch_size=4096",
+        "--config.model.width=1024",
+        "--config.model.depth=4",
+    ]
     stderr = open(tmp_path / "stderr", "w+")
     proc = subprocess.Popen(train_cmd(workdir, *slow), env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
     wait_for(lambda: "step/s" in (tmp_path / "stderr").read_text(), proc, seconds=180)  # the loop runs
@@ -300,12 +336,18 @@ def test_a_stop_in_a_long_call_is_saved_within_seconds_and_resumes(tmp_path):
 def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path):
     train(short_config(num_steps=40), tmp_path, progress=False)
     damage(tmp_path, "truncated")
-    proc = subprocess.run(train_cmd(tmp_path, "--config.num_steps=60", "--config.log_every=10",
-                                    "--config.checkpoint_every=20"), env=ENV, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        train_cmd(tmp_path, "--config.num_steps=60", "--config.log_every=10", "--config.checkpoint_every=20"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) == 1 and lines[0].startswith("fm-jax: RuntimeWarning: Checkpoint") and "moved to" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("fm-jax: RuntimeWarning: Checkpoint") and "moved to" in lines[0], (
+        lines
+    )
 
 
 def stop_after_part(monkeypatch, part: int):

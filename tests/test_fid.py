@@ -323,5 +323,7 @@ def test_inception_weights_errors(weights, tmp_path):
     reshaped = dict(state)
     reshaped["Mixed_6b.branch7x7_2.conv.weight"] = reshaped["Mixed_6b.branch7x7_2.conv.weight"].transpose(0, 1, 3, 2)
     np.savez(tmp_path / "reshaped.npz", **reshaped)
-    with pytest.raises(ValueError, match=r"branch7x7_2.conv.weight has shape \(128, 128, 7, 1\), expected \(128, 128, 1, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"branch7x7_2.conv.weight has shape \(128, 128, 7, 1\), expected \(128, 128, 1, 7\)"
+    ):
         inception.load_fid_inception(tmp_path / "reshaped.npz")

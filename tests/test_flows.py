@@ -1,6 +1,7 @@
 """Normalizing flows: exact inverse, log-determinant against the Jacobian, maximum likelihood on a Gaussian."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from flax import nnx
 
 import fm_jax as fm
 from fm_jax.models import Flow, functional
-from fm_jax.models.flows import flow_from_config
+from fm_jax.train import RunSpec, load_config
 
 CASES = [
     ((2,), dict(kind="realnvp", num_layers=4, width=16)),
@@ -94,7 +95,9 @@ def test_bad_settings_are_named():
         Flow((4, 4, 1), kind="tarflow", patch=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="do not split"):
         Flow((5,), kind="tarflow", token_dim=2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="Unknown config.flow fields"):
-        flow_from_config((2,), {"kind": "realnvp", "wdith": 3})
+    config = load_config(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+    config.method, config.flow.wdith = "flow", 3
+    with pytest.raises(ValueError, match=r"Unknown config.flow fields \['wdith'\]"):
+        RunSpec.from_config(config)
     with pytest.raises(ValueError, match="shape"):
         Flow((2,), rngs=nnx.Rngs(0)).log_prob(jnp.zeros((4, 3)))

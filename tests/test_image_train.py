@@ -15,7 +15,6 @@ from fm_jax import cli
 from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.checkpoints import Checkpoints
 from fm_jax.train.loop import build_engine, check_config
-from fm_jax.train.state import uses_dropout
 from fm_jax.train.workdir import load_run
 
 CONFIG = pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "images.py"
@@ -27,8 +26,16 @@ def data_dir(tmp_path_factory):
 
 
 def image_config(data_dir, **overrides):
-    fields = {"data.dir": str(data_dir), "model.preset": "tiny", "batch_size": 16, "num_steps": 20,
-              "steps_per_call": 1, "log_every": 10, "checkpoint_every": 10, "warmup_steps": 5} | overrides
+    fields = {
+        "data.dir": str(data_dir),
+        "model.preset": "tiny",
+        "batch_size": 16,
+        "num_steps": 20,
+        "steps_per_call": 1,
+        "log_every": 10,
+        "checkpoint_every": 10,
+        "warmup_steps": 5,
+    } | overrides
     return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
 
 
@@ -40,7 +47,8 @@ def test_an_interrupted_image_run_resumes_on_the_same_examples(data_dir, tmp_pat
     whole = train(image_config(data_dir), tmp_path / "whole", progress=False)
     train(image_config(data_dir, num_steps=10), tmp_path / "halves", progress=False)
     _, step, position, _ = Checkpoints(tmp_path / "halves", read_only=True).restore_latest(
-        whole, jax.tree.map(lambda x: x.sharding, whole))
+        whole, jax.tree.map(lambda x: x.sharding, whole)
+    )
     assert step == 10 and position != {"step": 10}  # the grain iterator's state, not just the step
     resumed = train(image_config(data_dir), tmp_path / "halves", progress=False)
     for a, b in zip(params_of(whole), params_of(resumed)):
@@ -51,23 +59,27 @@ def test_an_interrupted_image_run_resumes_on_the_same_examples(data_dir, tmp_pat
     assert any(np.abs(a).max() > 0 for a in params_of(whole))
 
 
-@pytest.mark.parametrize("fields", [
-    {"method": "fm", "model.dropout": 0.1},
-    {"method": "otcfm", "ot_solver": "network_simplex", "conditional": True},
-    {"method": "icfm", "conditional": True, "data.flip": True},
-], ids=["fm_dropout", "otcfm_host_conditional", "icfm_conditional_flip"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "fm", "model.dropout": 0.1},
+        {"method": "otcfm", "ot_solver": "network_simplex", "conditional": True},
+        {"method": "icfm", "conditional": True, "data.flip": True},
+    ],
+    ids=["fm_dropout", "otcfm_host_conditional", "icfm_conditional_flip"],
+)
 def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir, fields):
     losses = {}
     for devices in (1, 8):
         config = image_config(data_dir, **fields, **{"mesh.num_devices": devices})
-        check_config(config)
-        engine = build_engine(config)
+        spec = check_config(config)
+        engine = build_engine(spec)
         state, values = engine.state, []
         for call in range(2):
             state, out = engine.steps(state, engine.batches(engine.data_key, call))
             values.append(np.asarray(out))
         losses[devices] = np.concatenate(values)
-        assert uses_dropout(config) == ("model.dropout" in fields)
+        assert spec.model.dropout == ("model.dropout" in fields)
         if fields.get("conditional"):
             # Labels reach the step, with the null label as the U-Net's extra class.
             assert engine.loss.label_dropout == 0.1 and engine.loss.null_label == 10
@@ -78,16 +90,36 @@ def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir,
 @pytest.fixture(scope="module")
 def conditional_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cond")
-    overrides = [f"--config.data.dir={data_dir}", "--config.model.preset=tiny", "--config.batch_size=16",
-                 "--config.num_steps=20", "--config.steps_per_call=1", "--config.log_every=10",
-                 "--config.checkpoint_every=10", "--config.conditional=true"]
+    overrides = [
+        f"--config.data.dir={data_dir}",
+        "--config.model.preset=tiny",
+        "--config.batch_size=16",
+        "--config.num_steps=20",
+        "--config.steps_per_call=1",
+        "--config.log_every=10",
+        "--config.checkpoint_every=10",
+        "--config.conditional=true",
+    ]
     cli.main(["train", "--config", str(CONFIG), "--workdir", str(workdir), *overrides])
     return workdir
 
 
 def test_cli_samples_a_class_grid_with_guidance(conditional_run):
-    cli.main(["sample", "--workdir", str(conditional_run), "--solver", "euler", "--steps", "4", "--num", "20",
-              "--guidance", "2"])
+    cli.main(
+        [
+            "sample",
+            "--workdir",
+            str(conditional_run),
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            "--num",
+            "20",
+            "--guidance",
+            "2",
+        ]
+    )
     png = conditional_run / "samples_euler_4steps_guidance2.png"
     grid = np.asarray(Image.open(png))
     # Two rows of ten 8x8 digits with 1-px gaps, enlarged 32 times.
@@ -120,8 +152,7 @@ def test_cli_eval_and_nll_of_an_image_run(conditional_run):
     row = report["solvers"]["euler:4"]
     assert report["num"] == 64 and row["nfe"] == 4
     assert row["fd_pixel"] > 0 and row["w2"] > 0 and np.isfinite(row["curvature"])
-    cli.main(["nll", "--workdir", str(conditional_run), "--solver", "euler:4", "--num", "32",
-              "--divergence", "exact"])
+    cli.main(["nll", "--workdir", str(conditional_run), "--solver", "euler:4", "--num", "32", "--divergence", "exact"])
     nll = json.loads((conditional_run / "nll.json").read_text())
     # A barely trained model is far from the data, but bits/dim of 8-bit data are positive and finite.
     assert nll["num"] == 32 and nll["dim"] == 64 and nll["conditional"]
@@ -130,8 +161,7 @@ def test_cli_eval_and_nll_of_an_image_run(conditional_run):
 
 def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, capsys):
     unconditional = tmp_path / "uncond"
-    train(image_config(data_dir, num_steps=2, log_every=2, checkpoint_every=2), unconditional,
-          progress=False)
+    train(image_config(data_dir, num_steps=2, log_every=2, checkpoint_every=2), unconditional, progress=False)
     with pytest.raises(SystemExit, match="guidance scale needs a class-conditional model"):
         cli.main(["sample", "--workdir", str(unconditional), "--guidance", "2", "--steps", "2", "--solver", "euler"])
     with pytest.raises(SystemExit, match="--label needs a class-conditional run"):
@@ -145,16 +175,31 @@ def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, cap
     with pytest.raises(ValueError, match="tfds build cifar10"):
         check_config(image_config(tmp_path / "empty", target="tfds:cifar10"))
     with pytest.raises(ValueError, match="Unknown config.model.preset"):
-        build_engine(image_config(data_dir, **{"model.preset": "huge"}))
+        check_config(image_config(data_dir, **{"model.preset": "huge"}))
     with pytest.raises(ValueError, match="image dataset"):
         check_config(image_config(data_dir, **{"model.kind": "mlp"}, source="tfds:digits", target="moons"))
 
 
-@pytest.mark.parametrize("fields, nfe", [
-    ({"method": "flow", "flow.kind": "tarflow", "flow.num_layers": 2, "flow.width": 16, "flow.heads": 2,
-      "flow.layers": 1, "flow.patch": 4, "flow.noise": 0.05}, 2 * 4),
-    ({"method": "fastode", "encoder.preset": "tiny"}, 2),
-], ids=["tarflow", "fastode"])
+@pytest.mark.parametrize(
+    "fields, nfe",
+    [
+        (
+            {
+                "method": "flow",
+                "flow.kind": "tarflow",
+                "flow.num_layers": 2,
+                "flow.width": 16,
+                "flow.heads": 2,
+                "flow.layers": 1,
+                "flow.patch": 4,
+                "flow.noise": 0.05,
+            },
+            2 * 4,
+        ),
+        ({"method": "fastode", "encoder.preset": "tiny"}, 2),
+    ],
+    ids=["tarflow", "fastode"],
+)
 def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, monkeypatch, fields, nfe):
     """A TarFlow on 4x4 patches of the digits, and fast-ode with a U-Net encoder, through train / eval / nll
     and the distillation table's trajectory plot."""
@@ -190,7 +235,9 @@ def test_a_dataset_rebuilt_under_the_same_name_is_refused_on_resume(tmp_path):
 def test_image_batches_resume_inside_a_call(data_dir):
     """A stop at step 3 of the call 2..4: its position is the iterator's before that call, and
     after a restore the call's batches are read again, the same examples."""
-    batches = build_engine(image_config(data_dir, steps_per_call=2, log_every=2, checkpoint_every=2)).batches
+    batches = build_engine(
+        check_config(image_config(data_dir, steps_per_call=2, log_every=2, checkpoint_every=2))
+    ).batches
     key = jax.random.key(0)
     batches(key, 0)
     want = jax.tree.map(np.asarray, batches(key, 2))

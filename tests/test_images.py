@@ -178,8 +178,9 @@ def test_write_arrays_overwrite(tmp_path):
     prepare.write_arrays("mine", str(tmp_path), {"train": (x, [0, 1])})
     with pytest.raises(ValueError, match="overwrite=True"):
         prepare.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0])})
-    meta = prepare.write_arrays("mine", str(tmp_path), {"train": (x + 9, [1, 0]), "val": (x[:1], [1])}, num_classes=3,
-                               overwrite=True)
+    meta = prepare.write_arrays(
+        "mine", str(tmp_path), {"train": (x + 9, [1, 0]), "val": (x[:1], [1])}, num_classes=3, overwrite=True
+    )
     assert meta.num_classes == 3 and meta.splits == {"train": 2, "val": 1}
     got, labels = images.load_split("mine", str(tmp_path), "train")
     assert got.max() == 9 and labels.tolist() == [1, 0]
@@ -196,10 +197,16 @@ def test_write_arrays_overwrite(tmp_path):
         ("ok", {"train": (np.zeros((1, 2, 2, 2), np.uint8), None)}, "C in"),
         ("ok", {"train": (np.zeros((2, 2, 2, 1), np.uint8), [0])}, "labels"),
         ("ok", {"train": (np.zeros((1, 2, 2, 1), np.uint8), [-1])}, "non-negative"),
-        ("ok", {"a": (np.zeros((1, 2, 2, 1), np.uint8), None), "b": (np.zeros((1, 3, 2, 1), np.uint8), None)},
-         "one shape"),
-        ("ok", {"a": (np.zeros((1, 2, 2, 1), np.uint8), [0]), "b": (np.zeros((1, 2, 2, 1), np.uint8), None)},
-         "or for none"),
+        (
+            "ok",
+            {"a": (np.zeros((1, 2, 2, 1), np.uint8), None), "b": (np.zeros((1, 3, 2, 1), np.uint8), None)},
+            "one shape",
+        ),
+        (
+            "ok",
+            {"a": (np.zeros((1, 2, 2, 1), np.uint8), [0]), "b": (np.zeros((1, 2, 2, 1), np.uint8), None)},
+            "or for none",
+        ),
         ("ok", {"train/x": (np.zeros((1, 2, 2, 1), np.uint8), None)}, "Split name"),
     ],
 )
@@ -223,8 +230,13 @@ def test_missing_catalog_dataset(tmp_path):
         with pytest.raises(ValueError) as error:
             call("cifar10", str(tmp_path))
         message = str(error.value)
-        for needle in ("tensorflow", "tfds build cifar10", f"--data_dir={tmp_path}", "--file_format=array_record",
-                       "--manual_dir"):
+        for needle in (
+            "tensorflow",
+            "tfds build cifar10",
+            f"--data_dir={tmp_path}",
+            "--file_format=array_record",
+            "--manual_dir",
+        ):
             assert needle in message
     with pytest.raises(ValueError, match="tfds build downsampled_imagenet/32x32 "):
         images.info("downsampled_imagenet/32x32", str(tmp_path))
@@ -357,8 +369,9 @@ def test_batches_sharded(toy, shard_count):
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("consumed", [0, 3, 9])  # before, at and past the first epoch boundary (37 / 8)
 def test_batches_resume_exactly(toy, consumed, cache):
-    build = functools.partial(images.batches, "toy", toy[0], "train", BATCH, seed=11, cache=cache, shard_index=1,
-                              shard_count=2)
+    build = functools.partial(
+        images.batches, "toy", toy[0], "train", BATCH, seed=11, cache=cache, shard_index=1, shard_count=2
+    )
     it = build()
     for _ in range(consumed):
         next(it)
@@ -449,8 +462,9 @@ def test_preprocess_errors():
 
 
 def test_to_unit_clips():
-    np.testing.assert_array_equal(images.to_unit(np.array([-3.0, -1.0, 0.0, 0.999, 1.0, 7.0, np.nan])),
-                                  [0, 0, 128, 255, 255, 255, 0])
+    np.testing.assert_array_equal(
+        images.to_unit(np.array([-3.0, -1.0, 0.0, 0.999, 1.0, 7.0, np.nan])), [0, 0, 128, 255, 255, 255, 0]
+    )
     assert images.to_unit(np.zeros((2, 2))).dtype == np.uint8
 
 

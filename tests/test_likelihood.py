@@ -9,6 +9,7 @@ import pytest
 
 import fm_jax as fm
 from fm_jax import likelihood, solvers
+from fm_jax.primitives import standard_normal_log_prob
 
 PATH = fm.paths.CondOT()
 
@@ -27,12 +28,12 @@ class RotatedFlow:
 
     def velocity(self, t, x):
         y = x @ self.rot  # R^T x, row-wise
-        v = jnp.concatenate([f.velocity(t, y[:, i:i + 1]) for i, f in enumerate(self.axes)], axis=1)
+        v = jnp.concatenate([f.velocity(t, y[:, i : i + 1]) for i, f in enumerate(self.axes)], axis=1)
         return v @ self.rot.T
 
     def log_prob(self, t, x):
         y = x @ self.rot
-        return sum(f.log_prob(t, y[:, i:i + 1]) for i, f in enumerate(self.axes))
+        return sum(f.log_prob(t, y[:, i : i + 1]) for i, f in enumerate(self.axes))
 
     def sample(self, key, t, n):
         keys = jax.random.split(key, 2)
@@ -112,16 +113,31 @@ def test_hutchinson_log_likelihood_within_its_monte_carlo_error():
     x = rot.sample(jax.random.key(0), 1.0, 2000)
     exact = rot.log_prob(1.0, x)
     for probe in likelihood.PROBES:
-        run = jax.jit(lambda x, key: likelihood.log_likelihood(rot.velocity, x, divergence="hutchinson", key=key,
-                                                               probe=probe, solver="tsit5", steps=20))
+        run = jax.jit(
+            lambda x, key: likelihood.log_likelihood(
+                rot.velocity, x, divergence="hutchinson", key=key, probe=probe, solver="tsit5", steps=20
+            )
+        )
         err = run(x, jax.random.key(1)).log_prob - exact
         se = float(err.std()) / math.sqrt(err.size)
         assert float(err.std()) > 1e-3, "the probes must make an error for this test to mean anything"
         assert abs(float(err.mean())) < 4 * se
         # More probes, less variance (about 1 / K).
-        err16 = jax.jit(lambda x, key: likelihood.log_likelihood(
-            rot.velocity, x, divergence="hutchinson", key=key, probe=probe, num_probes=16, solver="tsit5",
-            steps=20))(x, jax.random.key(1)).log_prob - exact
+        err16 = (
+            jax.jit(
+                lambda x, key: likelihood.log_likelihood(
+                    rot.velocity,
+                    x,
+                    divergence="hutchinson",
+                    key=key,
+                    probe=probe,
+                    num_probes=16,
+                    solver="tsit5",
+                    steps=20,
+                )
+            )(x, jax.random.key(1)).log_prob
+            - exact
+        )
         assert float(err16.std()) < 0.4 * float(err.std())
         # A fixed key reproduces the estimate.
         np.testing.assert_array_equal(run(x, jax.random.key(1)).log_prob, run(x, jax.random.key(1)).log_prob)
@@ -134,7 +150,7 @@ def test_change_of_variables_matches_the_encode_map_jacobian():
     out = likelihood.log_likelihood(vf, x1, **kwargs)
     encode = lambda x: fm.encode(vf, x, **kwargs).x
     np.testing.assert_allclose(out.x0, encode(x1), atol=1e-6)
-    np.testing.assert_allclose(out.log_prob, likelihood.standard_normal_log_prob(out.x0) + out.delta, rtol=1e-6)
+    np.testing.assert_allclose(out.log_prob, standard_normal_log_prob(out.x0) + out.delta, rtol=1e-6)
     # delta = log |det d encode / d x1|, from central differences of the encode map.
     h = 1e-2
     cols = [(encode(x1 + h * e) - encode(x1 - h * e)) / (2 * h) for e in jnp.eye(2)]
@@ -164,8 +180,9 @@ def test_bits_per_dim_of_a_uniform_model_is_the_pixel_depth():
     for low, high in ((-1.0, 1.0), (0.0, 1.0)):
         uniform = lambda z: jnp.full(z.shape[:1], -math.prod(z.shape[1:]) * math.log(high - low))
         for estimator in ("mean", "logmeanexp"):
-            bpd = likelihood.dequantized_bits_per_dim(uniform, x, jax.random.key(1), num_samples=3, low=low,
-                                                      high=high, estimator=estimator)
+            bpd = likelihood.dequantized_bits_per_dim(
+                uniform, x, jax.random.key(1), num_samples=3, low=low, high=high, estimator=estimator
+            )
             np.testing.assert_allclose(bpd, 8.0, rtol=1e-6)
 
 
@@ -173,23 +190,24 @@ def test_dequantized_bits_per_dim_of_a_gaussian_model():
     # z ~ N(0, 1) per pixel in [-1, 1] scaling: the mean estimator is the average of -log2 p_y / D.
     x = jax.random.randint(jax.random.key(0), (4, 6), 100, 156)
     key = jax.random.key(2)
-    bpd = likelihood.dequantized_bits_per_dim(likelihood.standard_normal_log_prob, x, key, num_samples=4)
+    bpd = likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, key, num_samples=4)
     u = jax.vmap(lambda k: jax.random.uniform(k, x.shape))(jax.random.split(key, 4))
     z = -1.0 + 2.0 * (x + u) / 256
-    per_draw = -(likelihood.standard_normal_log_prob(z.reshape(-1, 6)).reshape(4, 4) + 6 * math.log(2 / 256))
+    per_draw = -(standard_normal_log_prob(z.reshape(-1, 6)).reshape(4, 4) + 6 * math.log(2 / 256))
     np.testing.assert_allclose(bpd, per_draw.mean(0) / (6 * math.log(2)), rtol=1e-5)
-    tight = likelihood.dequantized_bits_per_dim(likelihood.standard_normal_log_prob, x, key, num_samples=4,
-                                                estimator="logmeanexp")
+    tight = likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, key, num_samples=4, estimator="logmeanexp")
     assert np.all(tight <= bpd + 1e-6)  # Jensen
     assert np.all(np.abs(tight - bpd) < 1e-3)  # a smooth density hardly varies within a level
     np.testing.assert_allclose(likelihood.bits_per_dim(jnp.array(-10.0), 5), 10 / (5 * math.log(2)))
     # log_scale: a model of z = y / 256 gains 8 bits per dimension in the units of y.
-    np.testing.assert_allclose(likelihood.bits_per_dim(jnp.array(-10.0), 5, math.log(1 / 256)),
-                               10 / (5 * math.log(2)) + 8.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        likelihood.bits_per_dim(jnp.array(-10.0), 5, math.log(1 / 256)), 10 / (5 * math.log(2)) + 8.0, rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("path", [fm.paths.CondOT(), fm.paths.ICFM(sigma=0.3), fm.paths.Trigonometric(),
-                                  fm.paths.VPDiffusion()])
+@pytest.mark.parametrize(
+    "path", [fm.paths.CondOT(), fm.paths.ICFM(sigma=0.3), fm.paths.Trigonometric(), fm.paths.VPDiffusion()]
+)
 def test_score_from_velocity_is_the_exact_score(path):
     flow = fm.GaussianFlow(path, mu1=jnp.array([3.0, -1.0]), s1=0.5)
     score = solvers.score_from_velocity(flow.velocity, path)
@@ -205,8 +223,9 @@ def test_sde_sampling_reaches_the_gaussian_target():
     g = lambda t: 1.5 * PATH.noise_scale(t)[0]  # vanishes at t = 1, where the score is singular
     # (solver, steps, samples, covariance tolerance): Euler-Maruyama's O(dt) bias is ~0.007 at 100 steps.
     for solver, steps, n, tol in (("euler", 100, 10_000, 0.02), ("shark", 50, 20_000, 0.01)):
-        sol = jax.jit(lambda x: solvers.sample_sde(flow.velocity, x, jax.random.key(1), score, g, solver=solver,
-                                                   steps=steps))(x0[:n])
+        sol = jax.jit(
+            lambda x: solvers.sample_sde(flow.velocity, x, jax.random.key(1), score, g, solver=solver, steps=steps)
+        )(x0[:n])
         assert int(sol.nfe) == steps * (2 if solver == "shark" else 1)
         np.testing.assert_allclose(sol.x.mean(0), [3.0, -1.0], atol=0.02)
         np.testing.assert_allclose(np.cov(np.asarray(sol.x).T), 0.25 * np.eye(2), atol=tol)
@@ -215,8 +234,10 @@ def test_sde_sampling_reaches_the_gaussian_target():
     assert float(jnp.sqrt(jnp.mean((sol.x - ode) ** 2))) > 0.1
 
 
-@pytest.mark.parametrize("solver, per_step", [("euler", 1), ("heun", 2), ("euler_heun", 1), ("sea", 1), ("sra1", 2),
-                                              ("shark", 2), ("spark", 3)])
+@pytest.mark.parametrize(
+    "solver, per_step",
+    [("euler", 1), ("heun", 2), ("euler_heun", 1), ("sea", 1), ("sra1", 2), ("shark", 2), ("spark", 3)],
+)
 def test_sde_nfe_is_the_network_calls_actually_made(solver, per_step):
     from test_solvers import counted
 
@@ -236,8 +257,9 @@ def test_sde_gradients_are_finite_up_to_the_singular_end():
     flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
     g = lambda t: 0.7 * PATH.noise_scale(t)[0]
     x0 = jax.random.normal(jax.random.key(0), (8, 2))
-    loss = lambda x: jnp.sum(solvers.sample_sde(flow.velocity, x, jax.random.key(1), PATH, g, solver="heun",
-                                                steps=4).x ** 2)
+    loss = lambda x: jnp.sum(
+        solvers.sample_sde(flow.velocity, x, jax.random.key(1), PATH, g, solver="heun", steps=4).x ** 2
+    )
     grad = jax.grad(loss)(x0)
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
@@ -245,8 +267,9 @@ def test_sde_gradients_are_finite_up_to_the_singular_end():
 def test_hutchinson_on_bfloat16_points():
     flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
     x = flow.sample(jax.random.key(0), 1.0, 64, 2).astype(jnp.bfloat16)
-    out = likelihood.log_likelihood(flow.velocity, x, divergence="hutchinson", key=jax.random.key(1), steps=8,
-                                    solver="heun")
+    out = likelihood.log_likelihood(
+        flow.velocity, x, divergence="hutchinson", key=jax.random.key(1), steps=8, solver="heun"
+    )
     np.testing.assert_allclose(out.log_prob, flow.log_prob(1.0, x.astype(jnp.float32)), atol=0.1)
 
 
@@ -254,8 +277,10 @@ def test_sde_noise_is_one_brownian_path_per_key():
     flow = fm.GaussianFlow(PATH, mu1=1.0, s1=0.5)
     score = solvers.score_from_velocity(flow.velocity, PATH)
     x0 = jax.random.normal(jax.random.key(0), (500, 2))
-    run = jax.jit(lambda key, steps: solvers.sample_sde(flow.velocity, x0, key, score, 0.8, solver="shark",
-                                                        steps=steps, t1=0.9), static_argnums=1)
+    run = jax.jit(
+        lambda key, steps: solvers.sample_sde(flow.velocity, x0, key, score, 0.8, solver="shark", steps=steps, t1=0.9),
+        static_argnums=1,
+    )
     a, b = run(jax.random.key(1), 64), run(jax.random.key(1), 64)
     np.testing.assert_array_equal(a.x, b.x)
     # Halving the step refines the same path (strong convergence), unlike a new key.
@@ -283,7 +308,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="batch-first"):
         likelihood.log_likelihood(flow.velocity, jnp.zeros(2))
     with pytest.raises(ValueError, match="integer levels"):
-        likelihood.dequantized_bits_per_dim(likelihood.standard_normal_log_prob, x, jax.random.key(0))
+        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, jax.random.key(0))
     score = solvers.score_from_velocity(flow.velocity, PATH)
     with pytest.raises(ValueError, match="Unknown SDE solver"):
         solvers.sample_sde(flow.velocity, x, jax.random.key(0), score, 1.0, solver="dopri5")

@@ -9,8 +9,12 @@ import pytest
 import fm_jax as fm
 from fm_jax.paths import _expand
 
-COUPLINGS = [fm.couplings.Independent(), fm.couplings.ExactOT(), fm.couplings.SinkhornOT(epsilon=0.1),
-             fm.couplings.SchrodingerBridge(sigma=0.5)]
+COUPLINGS = [
+    fm.couplings.Independent(),
+    fm.couplings.ExactOT(),
+    fm.couplings.SinkhornOT(epsilon=0.1),
+    fm.couplings.SchrodingerBridge(sigma=0.5),
+]
 N, D = 32, 3
 X0_POINT = jnp.array([0.5, -1.0, 2.0])
 X1_POINT = jnp.array([3.0, 1.0, -2.0])
@@ -161,8 +165,11 @@ def test_bad_input():
         loss(lambda p, t, x, c: x[:, :1], None, jax.random.key(0), {"x1": jnp.zeros((2, 2))})
 
 
-@pytest.mark.parametrize("path, end", [(fm.paths.BrownianBridge(1.0), 0.0), (fm.paths.BrownianBridge(1.0), 1.0),
-                                       (fm.paths.Cosine(), 1.0)], ids=["bridge-t0", "bridge-t1", "cosine-t1"])
+@pytest.mark.parametrize(
+    "path, end",
+    [(fm.paths.BrownianBridge(1.0), 0.0), (fm.paths.BrownianBridge(1.0), 1.0), (fm.paths.Cosine(), 1.0)],
+    ids=["bridge-t0", "bridge-t1", "cosine-t1"],
+)
 def test_times_at_a_singular_end_are_kept_inside_and_the_loss_stays_finite(path, end):
     # u_t is infinite at these ends; a sampler that returns exactly the end must not turn the loss into inf/NaN.
     loss = fm.cfm_loss(path, time_sampler=lambda key, n: jnp.full((n,), end))

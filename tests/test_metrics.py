@@ -62,7 +62,7 @@ def test_mmd_matches_the_gaussian_closed_form():
 def test_constant_field_is_straight():
     c = jnp.array([1.5, -0.5])
     x0 = jax.random.normal(jax.random.key(0), (100, 2))
-    m = fm.metrics.trajectory_metrics(lambda t, x: jnp.broadcast_to(c, x.shape), x0, solver="euler", steps=4)
+    m = fm.metrics.trajectory_metrics(lambda t, x: jnp.broadcast_to(c, x.shape), x0, fm.solvers.SolverSpec("euler", 4))
     np.testing.assert_allclose(m.x1, x0 + c, atol=1e-5)
     assert float(m.path_energy) == pytest.approx(float(c @ c), rel=1e-5)
     assert float(m.curvature) == pytest.approx(0.0, abs=1e-5)
@@ -76,7 +76,7 @@ def test_displacement_interpolation_has_zero_curvature_and_normalized_path_energ
         return MU + (S - 1.0) * (x - MU * t) / (1.0 - t + t * S)
 
     x0 = jax.random.normal(jax.random.key(0), (2000, 2))
-    m = fm.metrics.trajectory_metrics(vf, x0, solver="dopri5", rtol=1e-7, atol=1e-7)
+    m = fm.metrics.trajectory_metrics(vf, x0, fm.solvers.SolverSpec("dopri5", rtol=1e-7, atol=1e-7))
     np.testing.assert_allclose(m.x1, MU + S * x0, atol=1e-4)
     assert float(m.curvature) == pytest.approx(0.0, abs=1e-4)
     w2_sq = float(jnp.mean(jnp.sum((MU + S * x0 - x0) ** 2, -1)))  # the OT cost of these samples
@@ -94,7 +94,7 @@ def test_independent_coupling_flow_is_curved_by_the_closed_form_amount():
     """
     flow = fm.GaussianFlow(fm.paths.CondOT(), mu1=MU, s1=S)
     x0 = jax.random.normal(jax.random.key(1), (2000, 2))
-    m = fm.metrics.trajectory_metrics(flow.velocity, x0, solver="tsit5", rtol=1e-7, atol=1e-7)
+    m = fm.metrics.trajectory_metrics(flow.velocity, x0, fm.solvers.SolverSpec("tsit5", rtol=1e-7, atol=1e-7))
 
     def dr(t):
         v = (1 - t) ** 2 + t**2 * S**2

@@ -16,7 +16,8 @@ from fm_jax.paths import PREDICTIONS
 T = jnp.array([0.05, 0.2, 0.37, 0.5, 0.63, 0.8, 0.95])
 
 
-def _data(n=len(T), d=3, seed=0):
+def _data(n=None, d=3, seed=0):
+    n = len(T) if n is None else n
     k0, k1, kz = jax.random.split(jax.random.key(seed), 3)
     return (jax.random.normal(k0, (n, d)), 2.0 + jax.random.normal(k1, (n, d)), jax.random.normal(kz, (n, d)))
 
@@ -37,7 +38,11 @@ def _endpoints(path):
     if isinstance(path, fm.paths.CondOT):
         return (1, 0, 0), (path.sigma_min, 1, 0)
     if isinstance(path, fm.paths.VPDiffusion):
-        return (math.sqrt(1 - math.exp(-0.5 * (path.beta_min + path.beta_max))), math.exp(-0.25 * (path.beta_min + path.beta_max)), 0), (0, 1, 0)
+        return (
+            math.sqrt(1 - math.exp(-0.5 * (path.beta_min + path.beta_max))),
+            math.exp(-0.25 * (path.beta_min + path.beta_max)),
+            0,
+        ), (0, 1, 0)
     if isinstance(path, fm.paths.VEDiffusion):
         return (path.sigma_max, 1, 0), (path.sigma_min, 1, 0)
     if isinstance(path, (fm.paths.ICFM, fm.paths.Trigonometric)):
@@ -55,8 +60,15 @@ def test_endpoints(path):
 
 def test_noise_free_paths_hit_x0_and_x1():
     x0, x1, _ = _data(2)
-    for path in (fm.paths.CondOT(), fm.paths.ICFM(), fm.paths.Trigonometric(), fm.paths.Cosine(),
-                 fm.paths.LinearVP(), fm.paths.Polynomial(3.0), fm.paths.BrownianBridge(0.0)):
+    for path in (
+        fm.paths.CondOT(),
+        fm.paths.ICFM(),
+        fm.paths.Trigonometric(),
+        fm.paths.Cosine(),
+        fm.paths.LinearVP(),
+        fm.paths.Polynomial(3.0),
+        fm.paths.BrownianBridge(0.0),
+    ):
         x_start, _ = path.interpolate(jnp.zeros(2), x0, x1, jnp.zeros_like(x0))
         x_end, _ = path.interpolate(jnp.ones(2), x0, x1, jnp.zeros_like(x0))
         np.testing.assert_allclose(x_start, x0, atol=1e-6)
@@ -82,8 +94,14 @@ def test_conversions_invert_each_other(path, src, dst):
 
 @pytest.mark.parametrize(
     "path",
-    [fm.paths.CondOT(sigma_min=0.05), fm.paths.ICFM(sigma=0.4), fm.paths.Trigonometric(),
-     fm.paths.VPDiffusion(), fm.paths.BrownianBridge(0.7), fm.paths.Polynomial(2.0)],
+    [
+        fm.paths.CondOT(sigma_min=0.05),
+        fm.paths.ICFM(sigma=0.4),
+        fm.paths.Trigonometric(),
+        fm.paths.VPDiffusion(),
+        fm.paths.BrownianBridge(0.7),
+        fm.paths.Polynomial(2.0),
+    ],
     ids=repr,
 )
 def test_conversions_match_closed_form_gaussian(path):
@@ -91,7 +109,9 @@ def test_conversions_match_closed_form_gaussian(path):
     flow = fm.GaussianFlow(path, mu1=jnp.array([1.5, -0.5, 0.25]), s1=0.6)
     _, x, _ = _data()
     v = flow.velocity(T, x)
-    np.testing.assert_allclose(path.convert(v, T, x, "velocity", "x1"), flow.x1_posterior_mean(T, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        path.convert(v, T, x, "velocity", "x1"), flow.x1_posterior_mean(T, x), rtol=1e-4, atol=1e-4
+    )
     np.testing.assert_allclose(path.convert(v, T, x, "velocity", "score"), flow.score(T, x), rtol=1e-4, atol=1e-4)
 
 

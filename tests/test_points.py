@@ -81,8 +81,19 @@ def test_train_sample_eval_on_a_3d_point_file(tmp_path, monkeypatch):
     m = np.array([2.0, -1.0, 0.5])
     np.save(tmp_path / "target.npy", m + 0.5 * np.random.default_rng(0).normal(size=(4000, 3)))
     monkeypatch.chdir(tmp_path)
-    cli.main(["train", "--config", CONFIG, "--workdir", "run", *SHORT, "--config.method=icfm",
-              "--config.target=target.npy", "--config.learning_rate=3e-3"])
+    cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            "run",
+            *SHORT,
+            "--config.method=icfm",
+            "--config.target=target.npy",
+            "--config.learning_rate=3e-3",
+        ]
+    )
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["target"] == f"file:{tmp_path / 'target.npy'}"  # absolute: the run works from anywhere
     monkeypatch.chdir(tmp_path.parent)
@@ -98,8 +109,19 @@ def test_train_sample_eval_on_a_3d_point_file(tmp_path, monkeypatch):
 def test_one_dimensional_points_train_and_plot(tmp_path):
     np.save(tmp_path / "bimodal.npy", np.concatenate([np.full((50, 1), -2.0), np.full((50, 1), 2.0)]))
     run = tmp_path / "run"
-    cli.main(["train", "--config", CONFIG, "--workdir", str(run), "--config.num_steps=100",
-              "--config.steps_per_call=100", "--config.log_every=100", f"--config.target={tmp_path / 'bimodal.npy'}"])
+    cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(run),
+            "--config.num_steps=100",
+            "--config.steps_per_call=100",
+            "--config.log_every=100",
+            f"--config.target={tmp_path / 'bimodal.npy'}",
+        ]
+    )
     cli.main(["sample", "--workdir", str(run), "--solver", "euler", "--steps", "2", "--num", "100"])
     assert (run / "samples_euler_2steps.png").stat().st_size > 0
 
@@ -117,6 +139,8 @@ def test_nan_in_user_data_fails_before_compiling_and_keeps_the_workdir(tmp_path,
 
     monkeypatch.setattr(jax, "jit", no_compiling)
     with pytest.raises(SystemExit, match=r"bad.npy has 1 rows with NaN or infinite values \(the first is row 42\)"):
-        cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), f"--config.source=file:{tmp_path / 'bad.npy'}"])
+        cli.main(
+            ["train", "--config", CONFIG, "--workdir", str(workdir), f"--config.source=file:{tmp_path / 'bad.npy'}"]
+        )
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
     assert (workdir / "notes.txt").read_text() == "keep me\n"

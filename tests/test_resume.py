@@ -18,11 +18,17 @@ import pytest
 import fm_jax as fm
 from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.checkpoints import Checkpoints
-from fm_jax.train.loop import build_engine
+from fm_jax.train.loop import build_engine, check_config
 
 CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
-LONG = ["--config.num_steps=1600", "--config.steps_per_call=20", "--config.log_every=100",
-        "--config.checkpoint_every=200", "--config.batch_size=128", "--config.ema_decay=0.9"]
+LONG = [
+    "--config.num_steps=1600",
+    "--config.steps_per_call=20",
+    "--config.log_every=100",
+    "--config.checkpoint_every=200",
+    "--config.batch_size=128",
+    "--config.ema_decay=0.9",
+]
 
 
 def command(workdir):
@@ -56,7 +62,9 @@ def final_state(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("whole") / "run"
-    subprocess.run(command(workdir), check=True, timeout=300, capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    subprocess.run(
+        command(workdir), check=True, timeout=300, capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
     return workdir
 
 
@@ -90,13 +98,21 @@ def test_interrupted_run_resumes_bitwise(tmp_path, uninterrupted, sig):
         assert code == -signal.SIGKILL
     stopped = finished_steps(workdir)[-1]
     assert stopped < 1600
-    subprocess.run(command(workdir), check=True, timeout=300, capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    subprocess.run(
+        command(workdir), check=True, timeout=300, capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
     assert_same_run(workdir, uninterrupted)
 
 
 def short_config(**fields):
-    base = {"num_steps": 60, "steps_per_call": 10, "log_every": 10, "checkpoint_every": 20, "batch_size": 64,
-            "method": "icfm"}
+    base = {
+        "num_steps": 60,
+        "steps_per_call": 10,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "batch_size": 64,
+        "method": "icfm",
+    }
     return apply_overrides(load_config(CONFIG), {k: str(v) for k, v in (base | fields).items()})
 
 
@@ -115,7 +131,7 @@ def test_a_checkpoint_from_8_devices_restores_on_1_and_4(tmp_path):
     saved = train(short_config(**{"mesh.num_devices": 8, "mesh.param_layout": "fsdp"}), tmp_path, progress=False)
     expected = jax.tree.map(np.asarray, saved.params)
     for devices, layout in [(1, "replicated"), (4, "fsdp")]:
-        engine = build_engine(short_config(**{"mesh.num_devices": devices, "mesh.param_layout": layout}))
+        engine = build_engine(check_config(short_config(**{"mesh.num_devices": devices, "mesh.param_layout": layout})))
         shardings = jax.tree.map(lambda x: x.sharding, engine.state)
         state, step, position, _ = Checkpoints(tmp_path, read_only=True).restore_latest(engine.state, shardings)
         assert position == {"step": 60}

@@ -81,8 +81,13 @@ def test_adaptive_solve_rejects_steps_on_a_sharp_target():
     sol = fm.sample(vf, X0, solver="dopri5", rtol=1e-6, atol=1e-6)
     # The same solve through Diffrax directly (same first step and controller) for its statistics.
     stats = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: flow.velocity(t, y)), diffrax.Dopri5(), 0.0, 1.0,
-        fm.solvers.INITIAL_STEP, X0, stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+        diffrax.ODETerm(lambda t, y, args: flow.velocity(t, y)),
+        diffrax.Dopri5(),
+        0.0,
+        1.0,
+        fm.solvers.INITIAL_STEP,
+        X0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
     ).stats
     assert int(stats["num_rejected_steps"]) > 0
     assert int(sol.num_steps) == int(stats["num_steps"])
@@ -171,11 +176,45 @@ def test_jitted_sampling_does_not_recompile():
         assert np.all(np.isfinite(sol.x))
 
 
+def test_a_solver_spec_is_the_one_way_to_name_a_solve():
+    # Text round-trips; a name alone is adaptive at the one default tolerance, as `sample` is by default.
+    for text in ("dopri5", "euler:100", "tsit5", "heun:3"):
+        assert str(fm.SolverSpec.parse(text)) == text
+    spec = fm.SolverSpec.parse("dopri5")
+    assert (spec.steps, spec.rtol, spec.atol) == (None, fm.solvers.DEFAULT_TOL, fm.solvers.DEFAULT_TOL)
+    assert fm.SolverSpec.parse("euler:8", rtol=1e-3) == fm.SolverSpec("euler", 8, 1e-3, 1e-5)
+    default, named, spec_sol = (
+        fm.sample(FLOW.velocity, X0),
+        fm.sample(FLOW.velocity, X0, solver="dopri5"),
+        fm.sample(FLOW.velocity, X0, spec),
+    )
+    assert int(default.nfe) == int(named.nfe) == int(spec_sol.nfe)
+    np.testing.assert_array_equal(named.x, spec_sol.x)
+    fixed = fm.sample(FLOW.velocity, X0, fm.SolverSpec("euler", 8))
+    assert int(fixed.nfe) == 8
+    assert fm.SolverSpec("euler", 100, sde=True).steps == 100
+    for bad, message in [
+        ("euler", "no error estimate"),
+        ("euler:0", "positive integer"),
+        ("euler:x", "NAME:STEPS"),
+        ("rk4", "Unknown solver 'rk4'"),
+        ("dopri5:", "NAME:STEPS"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fm.SolverSpec.parse(bad)
+    with pytest.raises(ValueError, match="fixed steps"):
+        fm.SolverSpec.parse("euler", sde=True)
+    with pytest.raises(ValueError, match="Unknown SDE solver 'dopri5'"):
+        fm.SolverSpec.parse("dopri5:10", sde=True)
+    with pytest.raises(ValueError, match="tolerances must be positive"):
+        fm.SolverSpec("dopri5", rtol=0.0)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="either steps"):
         fm.sample(FLOW.velocity, X0, solver="dopri5", steps=10, rtol=1e-5)
-    with pytest.raises(ValueError, match="either steps"):
-        fm.sample(FLOW.velocity, X0, solver="dopri5")
+    with pytest.raises(ValueError, match="carries its steps"):
+        fm.sample(FLOW.velocity, X0, fm.SolverSpec("euler", 4), steps=4)
     with pytest.raises(ValueError, match="positive"):
         fm.sample(FLOW.velocity, X0, solver="euler", steps=0)
     with pytest.raises(ValueError, match="no error estimate"):
@@ -207,7 +246,8 @@ def test_classifier_free_guidance_extrapolates_from_the_unconditional_field_in_o
     np.testing.assert_allclose(
         fm.velocity_field(apply, None, cond=labels, guidance=1.0, null_label=3)(0.3, x),
         fm.velocity_field(apply, None, cond=labels)(0.3, x),
-        rtol=1e-6, atol=1e-6,
+        rtol=1e-6,
+        atol=1e-6,
     )
     network_calls[0] = 0
     fm.velocity_field(apply, None, cond=labels, guidance=2.0, null_label=3)(0.5, x)

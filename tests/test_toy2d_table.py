@@ -14,8 +14,26 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     module = importlib.import_module("toy2d_table")
     out = tmp_path / "toy2d.json"
-    module.main(["--methods", "icfm", "fm", "--tasks", "moons:8gaussians", "normal:moons", "--steps", "100", "--workers", "2",
-                 "--seeds", "1", "--num", "200", "--out", str(out)])
+    module.main(
+        [
+            "--methods",
+            "icfm",
+            "fm",
+            "--tasks",
+            "moons:8gaussians",
+            "normal:moons",
+            "--steps",
+            "100",
+            "--workers",
+            "2",
+            "--seeds",
+            "1",
+            "--num",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
     table = json.loads(out.read_text())["table"]
     assert table["moons:8gaussians"]["fm"] is None
     cell = table["normal:moons"]["fm"]
@@ -28,10 +46,32 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
 def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
     out = tmp_path / "images.json"
-    importlib.import_module("images_table").main([
-        "--datasets", "digits", "--methods", "fm", "--steps", "2", "--batch", "8", "--num", "8", "--preset", "tiny",
-        "--solvers", "euler:2", "--divergence", "exact", "--data-dir", str(tmp_path / "tfds"), "--out", str(out),
-        "--grids", str(tmp_path / "grids")])
+    importlib.import_module("images_table").main(
+        [
+            "--datasets",
+            "digits",
+            "--methods",
+            "fm",
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--num",
+            "8",
+            "--preset",
+            "tiny",
+            "--solvers",
+            "euler:2",
+            "--divergence",
+            "exact",
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--out",
+            str(out),
+            "--grids",
+            str(tmp_path / "grids"),
+        ]
+    )
     assert (tmp_path / "grids" / "digits_fm.png").is_file()
     cell = json.loads(out.read_text())["table"]["digits"]["fm"]
     assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
@@ -41,13 +81,33 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
 def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     out = tmp_path / "distill.json"
-    args = ["--tasks", "normal:moons", "--steps", "50", "--num", "200", "--num-nll", "100", "--etas", "0.1",
-            "--flow-layers", "2", "--out", str(out), "--plots", str(tmp_path / "plots"), "--keep", str(tmp_path / "runs")]
+    args = [
+        "--tasks",
+        "normal:moons",
+        "--steps",
+        "50",
+        "--num",
+        "200",
+        "--num-nll",
+        "100",
+        "--etas",
+        "0.1",
+        "--flow-layers",
+        "2",
+        "--out",
+        str(out),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--keep",
+        str(tmp_path / "runs"),
+    ]
     table = importlib.import_module("distill_table").main(args)
     rows = json.loads(out.read_text())["table"]["normal:moons"]
     assert list(rows) == ["icfm", "otcfm", "fastode", "reflow", "flow (eta=0.1)", "nfm (eta=0.1)"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
-        f"normal_moons_0_{name}.png" for name in ["icfm", "otcfm", "fastode", "reflow", "flow__eta_0.1_", "nfm__eta_0.1_"])
+        f"normal_moons_0_{name}.png"
+        for name in ["icfm", "otcfm", "fastode", "reflow", "flow__eta_0.1_", "nfm__eta_0.1_"]
+    )
     assert rows["flow (eta=0.1)"]["nfe"]["mean"] == 2 and rows["nfm (eta=0.1)"]["w2_euler:1"]["mean"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| reflow |" in md
@@ -56,12 +116,16 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
     learned = ["fastode", "reflow", "nfm (eta=0.1)"]
     verdicts = {
         "- Learned and distilled couplings straighten trajectories": all(
-            mean(n, "curvature") < mean("icfm", "curvature") for n in learned),
+            mean(n, "curvature") < mean("icfm", "curvature") for n in learned
+        ),
         "- They win at few NFE against independent pairs": all(
-            mean(n, f"w2_euler:{k}") < mean("icfm", f"w2_euler:{k}") for n in learned for k in (1, 2)),
+            mean(n, f"w2_euler:{k}") < mean("icfm", f"w2_euler:{k}") for n in learned for k in (1, 2)
+        ),
         "- ... and against minibatch OT pairs": all(
-            mean(n, f"w2_euler:{k}") < mean("otcfm", f"w2_euler:{k}") for n in learned for k in (1, 2)),
-        "- The NFM student beats its teacher flow": mean("nfm (eta=0.1)", "w2_dopri5") < mean("flow (eta=0.1)", "w2_dopri5"),
+            mean(n, f"w2_euler:{k}") < mean("otcfm", f"w2_euler:{k}") for n in learned for k in (1, 2)
+        ),
+        "- The NFM student beats its teacher flow": mean("nfm (eta=0.1)", "w2_dopri5")
+        < mean("flow (eta=0.1)", "w2_dopri5"),
     }
     for claim, holds in verdicts.items():
         (line,) = [line for line in md.splitlines() if line.startswith(claim)]
@@ -77,7 +141,8 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
             if name != "fastode":
                 assert again["normal:moons"][name][column] == table["normal:moons"][name][column]
     assert again["normal:moons"]["fastode"]["w2_euler:1"]["mean"] == pytest.approx(
-        table["normal:moons"]["fastode"]["w2_euler:1"]["mean"], rel=1e-4)
+        table["normal:moons"]["fastode"]["w2_euler:1"]["mean"], rel=1e-4
+    )
 
 
 def test_distill_claims_name_the_tasks_where_they_fail(monkeypatch):
@@ -85,16 +150,29 @@ def test_distill_claims_name_the_tasks_where_they_fail(monkeypatch):
     module = importlib.import_module("distill_table")
 
     def rows(nfm_w2_dopri5):
-        cell = lambda w2, curvature: {"w2_euler:1": {"mean": w2}, "w2_euler:2": {"mean": w2},
-                                      "w2_dopri5": {"mean": w2}, "curvature": {"mean": curvature}}
+        cell = lambda w2, curvature: {
+            "w2_euler:1": {"mean": w2},
+            "w2_euler:2": {"mean": w2},
+            "w2_dopri5": {"mean": w2},
+            "curvature": {"mean": curvature},
+        }
         # The learned couplings: straighter than I-CFM and OT-CFM, better than I-CFM at few
         # NFE, worse than OT-CFM there.
-        return {"icfm": cell(2.0, 1.0), "otcfm": cell(0.5, 0.5), "fastode": cell(1.0, 0.1),
-                "reflow": cell(1.0, 0.1), "flow (eta=0.1)": cell(0.8, float("nan")),
-                "nfm (eta=0.1)": cell(1.0, 0.1) | {"w2_dopri5": {"mean": nfm_w2_dopri5}}}
+        return {
+            "icfm": cell(2.0, 1.0),
+            "otcfm": cell(0.5, 0.5),
+            "fastode": cell(1.0, 0.1),
+            "reflow": cell(1.0, 0.1),
+            "flow (eta=0.1)": cell(0.8, float("nan")),
+            "nfm (eta=0.1)": cell(1.0, 0.1) | {"w2_dopri5": {"mean": nfm_w2_dopri5}},
+        }
 
     # The student beats its teacher flow (W2 0.8 with Dopri5) on a:b, not on c:d.
     lines = module.claims({"a:b": rows(0.7), "c:d": rows(0.9)})
     assert [line.rsplit(": ", 1)[1] for line in lines[:4]] == [
-        "holds on every task", "holds on every task", "does not hold on a:b, c:d", "does not hold on c:d"]
+        "holds on every task",
+        "holds on every task",
+        "does not hold on a:b, c:d",
+        "does not hold on c:d",
+    ]
     assert lines[4].startswith("- Effect of eta on a → b: nfm (eta=0.1): W2 Euler-1 1.000, Dopri5 0.700")

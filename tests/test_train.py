@@ -11,7 +11,7 @@ import pytest
 
 import fm_jax as fm
 from fm_jax import cli
-from fm_jax.train import apply_overrides, build_loss, load_config
+from fm_jax.train import METHODS, LossSpec, RunSpec, apply_overrides, build_loss, load_config
 
 CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
 SHORT = ["--config.num_steps=400", "--config.steps_per_call=50", "--config.log_every=200"]
@@ -19,8 +19,18 @@ SHORT = ["--config.num_steps=400", "--config.steps_per_call=50", "--config.log_e
 
 def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tmp_path, capsys):
     workdir = tmp_path / "run"
-    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), *SHORT, "--config.target=8gaussians",
-              "--config.learning_rate=3e-3"])
+    cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(workdir),
+            *SHORT,
+            "--config.target=8gaussians",
+            "--config.learning_rate=3e-3",
+        ]
+    )
     assert "trained 400 steps of otcfm" in capsys.readouterr().out
     config = json.loads((workdir / "config.json").read_text())
     assert config["target"] == "8gaussians" and config["num_steps"] == 400
@@ -30,8 +40,13 @@ def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tm
     # The saved parameters define a flow whose samples sit on the 8 modes at radius 5.
     run = fm.train.load_run(workdir)
     assert run.step == 400 and sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["400"]
-    x = fm.sample(fm.velocity_field(run.apply, run.params), jax.random.normal(jax.random.key(0), (2000, 2)),
-                  solver="dopri5", rtol=1e-4, atol=1e-4).x
+    x = fm.sample(
+        fm.velocity_field(run.apply, run.params),
+        jax.random.normal(jax.random.key(0), (2000, 2)),
+        solver="dopri5",
+        rtol=1e-4,
+        atol=1e-4,
+    ).x
     radius = np.linalg.norm(np.asarray(x), axis=1)
     assert abs(np.median(radius) - 5.0) < 0.5
 
@@ -39,7 +54,7 @@ def test_train_writes_config_metrics_and_a_checkpoint_that_samples_the_target(tm
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--config.method=rectified"], "Unknown method 'rectified'"),
+        (["--config.method=rectified"], "Unknown config.method 'rectified'"),
         (["--config.target=moon"], "Unknown density 'moon'"),
         (["--config.lr=1e-3"], "Unknown config field 'lr'"),
         (["--config.model.widht=8"], "Unknown config field 'model.widht'"),
@@ -72,18 +87,50 @@ def test_a_finished_or_different_run_is_never_overwritten(trained):
     with pytest.raises(SystemExit, match=r"already holds a trained model \(step 400\)"):
         cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT])
     with pytest.raises(SystemExit, match=r"holds a run with another config \(learning_rate differ\)"):
-        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT, "--config.target=8gaussians",
-                  "--config.ema_decay=0.5", "--config.num_steps=800", "--config.learning_rate=1e-2"])
+        cli.main(
+            [
+                "train",
+                "--config",
+                CONFIG,
+                "--workdir",
+                str(trained),
+                *SHORT,
+                "--config.target=8gaussians",
+                "--config.ema_decay=0.5",
+                "--config.num_steps=800",
+                "--config.learning_rate=1e-2",
+            ]
+        )
     assert run_files(trained) == before
 
 
 def test_methods_are_the_published_path_and_coupling_pairs():
-    assert build_loss("otcfm", 0.1).coupling == fm.couplings.ExactOT()
-    assert build_loss("sbcfm", 0.5).path == fm.paths.BrownianBridge(0.5)
-    assert build_loss("sbcfm", 0.5).coupling == fm.couplings.SchrodingerBridge(0.5)
-    assert build_loss("fm", 1e-4).path == fm.paths.CondOT(sigma_min=1e-4)
-    assert build_loss("si", 0.0).path == fm.paths.Trigonometric()
-    assert build_loss("icfm", 0.1).path == fm.paths.ICFM(0.1)
+    loss = lambda name, sigma: build_loss(name, LossSpec(sigma=sigma))
+    assert loss("otcfm", 0.1).coupling == fm.couplings.ExactOT()
+    assert loss("sbcfm", 0.5).path == fm.paths.BrownianBridge(0.5)
+    assert loss("sbcfm", 0.5).coupling == fm.couplings.SchrodingerBridge(0.5)
+    assert loss("fm", 1e-4).path == fm.paths.CondOT(sigma_min=1e-4)
+    assert loss("si", 0.0).path == fm.paths.Trigonometric()
+    assert loss("icfm", 0.1).path == fm.paths.ICFM(0.1)
+    assert build_loss("otcfm", LossSpec(ot_solver="network_simplex")).coupling.solver == "network_simplex"
+
+
+def test_the_method_table_says_what_each_method_allows():
+    for method in METHODS.values():
+        if method.model == "flow":
+            assert method.path is None and not method.has_score
+            continue
+        # The score follows from the velocity only for a Gaussian path drawn independently of x1.
+        independent = method.coupling is not None and method.coupling(LossSpec()) == fm.couplings.Independent()
+        assert method.has_score == independent, method.name
+        assert isinstance(method.conditional_path(0.1), fm.paths.GaussianPath)
+        if method.normal_source_only:
+            with pytest.raises(ValueError, match="needs the 'normal' source"):
+                build_loss(method.name, LossSpec(), source="moons")
+        elif method.coupling is not None:
+            assert build_loss(method.name, LossSpec(sigma=0.1), source="moons").path == method.conditional_path(0.1)
+    with pytest.raises(ValueError, match=r"Unknown config.method 'ot-cfm'; choose one of \['icfm', 'otcfm'"):
+        build_loss("ot-cfm")
 
 
 def test_overrides_are_typed_like_the_field():
@@ -96,15 +143,24 @@ def test_non_gaussian_source_and_ema(tmp_path):
     """SB-CFM from moons to 8 Gaussians (x0 drawn from the source density), with parameter EMA."""
     from fm_jax.train import train
 
-    config = apply_overrides(load_config(CONFIG), {
-        "method": "sbcfm", "sigma": "1.0", "source": "moons", "target": "8gaussians", "ema_decay": "0.9",
-        "num_steps": "100", "steps_per_call": "50", "log_every": "50",
-    })
+    config = apply_overrides(
+        load_config(CONFIG),
+        {
+            "method": "sbcfm",
+            "sigma": "1.0",
+            "source": "moons",
+            "target": "8gaussians",
+            "ema_decay": "0.9",
+            "num_steps": "100",
+            "steps_per_call": "50",
+            "log_every": "50",
+        },
+    )
     state = train(config, tmp_path / "run", progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(np.isfinite(losses))
     # The EMA trails the parameters: different, but closer to them than the initialization is.
-    init = fm.train.state.build_model(config, config.seed)[1]
+    init = fm.train.state.build_model(RunSpec.from_config(config).model, config.seed)[1]
     gap = lambda a, b: sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert 0 < gap(state.ema_params, state.params) < gap(init, state.params)
 
@@ -112,8 +168,19 @@ def test_non_gaussian_source_and_ema(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), *SHORT, "--config.target=8gaussians",
-              "--config.learning_rate=3e-3", "--config.ema_decay=0.5"])
+    cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(workdir),
+            *SHORT,
+            "--config.target=8gaussians",
+            "--config.learning_rate=3e-3",
+            "--config.ema_decay=0.5",
+        ]
+    )
     return workdir
 
 
@@ -170,8 +237,8 @@ def read_events(directory):
     for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
         data, i = path.read_bytes(), 0
         while i < len(data):
-            length = int.from_bytes(data[i:i + 8], "little")
-            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            length = int.from_bytes(data[i : i + 8], "little")
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
             i += 12 + length + 4
             out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
     return out
@@ -200,8 +267,20 @@ def test_steps_per_s_leaves_out_the_time_spent_writing_checkpoints(tmp_path, mon
 
     monkeypatch.setattr(Checkpoints, "save", slow_save)
     workdir = tmp_path / "run"
-    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), "--config.method=icfm",
-              "--config.num_steps=200", "--config.steps_per_call=50", "--config.log_every=100", "--config.checkpoint_every=100"])
+    cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(workdir),
+            "--config.method=icfm",
+            "--config.num_steps=200",
+            "--config.steps_per_call=50",
+            "--config.log_every=100",
+            "--config.checkpoint_every=100",
+        ]
+    )
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["checkpoint_s"] >= 2 * pause and summary["train_s"] > summary["checkpoint_s"]
     assert summary["steps_per_s"] == pytest.approx(200 / (summary["train_s"] - summary["checkpoint_s"]))

@@ -10,8 +10,8 @@ from flax import nnx
 
 from fm_jax.models import functional
 from fm_jax.models.unet import (
-    GroupNorm,
     PRESETS,
+    GroupNorm,
     UNet,
     check_labels,
     count_params,
@@ -37,7 +37,11 @@ def tiny():
     apply, params = functional(model)
     rng = np.random.default_rng(1)
     return dict(
-        model=model, apply=jax.jit(apply), raw_apply=apply, params=params, live=perturbed(params, 2),
+        model=model,
+        apply=jax.jit(apply),
+        raw_apply=apply,
+        params=params,
+        live=perturbed(params, 2),
         t=rng.uniform(size=BATCH).astype(np.float32),
         x=rng.standard_normal((BATCH, *SHAPE)).astype(np.float32),
         cond=np.array([0, 1, 2, 3], np.int32),  # 3 is the null label
@@ -86,13 +90,27 @@ def test_parameter_counts_equal_adm_layer_for_layer():
     # A preset with classes: one (num_classes + 1, 4 * channels) table more than without.
     assert preset_params("tiny", (8, 8, 1), num_classes=3) == 190_369 + 4 * 64
     # A small two-level net with attention at 4x4 given by height.
-    assert count((8, 8, 1), channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-                 num_head_channels=-1, use_scale_shift_norm=False) == 701_345
+    assert (
+        count(
+            (8, 8, 1),
+            channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(4,),
+            num_head_channels=-1,
+            use_scale_shift_norm=False,
+        )
+        == 701_345
+    )
 
 
 def test_output_shape_and_dtype_for_several_image_shapes():
-    for shape, num_classes, batch, t in [((8, 8, 1), 0, 3, 0.5), ((16, 16, 3), 10, 2, jnp.ones(2)),
-                                         ((8, 12, 2), 0, 1, np.zeros(1, np.float32)), ((28, 28, 1), 0, 2, 0.1)]:
+    for shape, num_classes, batch, t in [
+        ((8, 8, 1), 0, 3, 0.5),
+        ((16, 16, 3), 10, 2, jnp.ones(2)),
+        ((8, 12, 2), 0, 1, np.zeros(1, np.float32)),
+        ((28, 28, 1), 0, 2, 0.1),
+    ]:
         preset = "small" if shape == (28, 28, 1) else "tiny"
         model = nnx.eval_shape(lambda: unet_preset(preset, shape, num_classes, rngs=nnx.Rngs(0)))
         apply, params = functional(model)
@@ -101,9 +119,21 @@ def test_output_shape_and_dtype_for_several_image_shapes():
             out = jax.eval_shape(apply, params, t, jax.ShapeDtypeStruct((batch, *shape), dtype), cond)
             assert (out.shape, out.dtype) == ((batch, *shape), dtype)
     # Resblock up/down, additive embedding, attention at 8x8 in heads of 8 channels.
-    model = nnx.eval_shape(lambda: UNet((16, 16, 3), channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                                        attention_resolutions=(8,), num_head_channels=8, resblock_updown=True,
-                                        use_scale_shift_norm=False, num_groups=8, num_classes=5, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: UNet(
+            (16, 16, 3),
+            channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            num_head_channels=8,
+            resblock_updown=True,
+            use_scale_shift_norm=False,
+            num_groups=8,
+            num_classes=5,
+            rngs=nnx.Rngs(0),
+        )
+    )
     apply, params = functional(model)
     out = jax.eval_shape(apply, params, 0.5, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32), np.ones(2, np.int32))
     assert out.shape == (2, 16, 16, 3)
@@ -182,8 +212,15 @@ def test_bf16_matches_float32(tiny):
 
 def test_dropout_takes_an_explicit_key_and_trains_under_jit_and_grad():
     """Dropout runs only with `dropout_key`; params stay float-only, so jax.grad works on them."""
-    kw = dict(channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), num_heads=2,
-              num_head_channels=-1, num_groups=4)
+    kw = dict(
+        channels=8,
+        channel_mult=(1,),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        num_heads=2,
+        num_head_channels=-1,
+        num_groups=4,
+    )
     model = UNet((4, 4, 1), dropout=0.5, **kw, rngs=nnx.Rngs(0))
     plain = UNet((4, 4, 1), dropout=0.0, **kw, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
@@ -223,9 +260,19 @@ def test_timestep_embedding_is_the_scaled_sinusoid():
 
 
 def test_groupnorm_falls_back_to_a_divisor():
-    model = nnx.eval_shape(lambda: UNet((4, 4, 1), channels=12, channel_mult=(1,), num_res_blocks=1,
-                                        attention_resolutions=(), num_head_channels=-1, num_heads=3, num_groups=8,
-                                        rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: UNet(
+            (4, 4, 1),
+            channels=12,
+            channel_mult=(1,),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_head_channels=-1,
+            num_heads=3,
+            num_groups=8,
+            rngs=nnx.Rngs(0),
+        )
+    )
     assert model.norm_out.groups == 6  # 12 channels, 8 groups asked: the largest divisor of 12 below 8
     norm = GroupNorm(12, 8)
     x = 3.0 + 2.0 * np.random.default_rng(0).standard_normal((2, 4, 4, 12)).astype(np.float32)
@@ -301,6 +348,9 @@ def test_construction_errors():
         UNet((8, 8, 1), channels=16, channel_mult=(1, 2), attention_resolutions=(16,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_head_channels=64 must divide the 16 channels"):
         UNet((8, 8, 1), channels=16, channel_mult=(1, 2), attention_resolutions=(8,), num_groups=8, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"Unknown config.model.preset 'huge'; choose one of \['fm_cifar10', "
-                                         r"'torchcfm_cifar10', 'tiny', 'small'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown config.model.preset 'huge'; choose one of \['fm_cifar10', "
+        r"'torchcfm_cifar10', 'tiny', 'small'\]",
+    ):
         unet_preset("huge", SHAPE, rngs=nnx.Rngs(0))

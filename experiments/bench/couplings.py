@@ -53,8 +53,9 @@ def bench(n: int, d: int, skip_exact_above: int) -> dict:
 
     sinkhorn = fm.couplings.SinkhornOT(epsilon=0.05)
     eps = sinkhorn.epsilon * float(np.mean(cost))  # the same absolute ε as SinkhornOT's (relative to the mean cost)
-    pot_sinkhorn = lambda: ot.sinkhorn(uniform, uniform, cost, eps, numItermax=sinkhorn.max_iterations,
-                                       stopThr=sinkhorn.threshold)
+    pot_sinkhorn = lambda: ot.sinkhorn(
+        uniform, uniform, cost, eps, numItermax=sinkhorn.max_iterations, stopThr=sinkhorn.threshold
+    )
     row["pot_sinkhorn_s"] = timed(pot_sinkhorn)
     row["pot_sinkhorn_gap"] = float((pot_sinkhorn() * cost).sum() * n / optimum - 1.0)
 
@@ -86,6 +87,7 @@ def markdown(rows: list[dict], machine: str) -> str:
         "| POT sinkhorn, same ε | ExactOT gap | Sinkhorn gap: SinkhornOT, POT |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
     def ms(row, key):
         if key not in row:
             return "–"
@@ -93,11 +95,23 @@ def markdown(rows: list[dict], machine: str) -> str:
         return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
 
     for r in rows:
-        cells = [ms(r, k) for k in ("exact_ot_s", "sinkhorn_ot_s", "schrodinger_bridge_s", "scipy_lsa_s", "pot_emd_s",
-                                    "pot_sinkhorn_s")]
+        cells = [
+            ms(r, k)
+            for k in (
+                "exact_ot_s",
+                "sinkhorn_ot_s",
+                "schrodinger_bridge_s",
+                "scipy_lsa_s",
+                "pot_emd_s",
+                "pot_sinkhorn_s",
+            )
+        ]
         gap = f"{max(r['exact_gap'], 0.0):.1e}" if "exact_gap" in r else "–"
-        lines.append(f"| {r['n']} | {r['d']} | " + " | ".join(cells)
-                     + f" | {gap} | {r['sinkhorn_gap']:.3f}, {r['pot_sinkhorn_gap']:.3f} |")
+        lines.append(
+            f"| {r['n']} | {r['d']} | "
+            + " | ".join(cells)
+            + f" | {gap} | {r['sinkhorn_gap']:.3f}, {r['pot_sinkhorn_gap']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +125,17 @@ def main(argv=None):
 
     machine = common.machine()
     print(machine)
-    cols = ["exact_ot_s", "sinkhorn_ot_s", "schrodinger_bridge_s", "scipy_lsa_s", "pot_emd_s", "pot_sinkhorn_s",
-            "exact_gap", "sinkhorn_gap", "pot_sinkhorn_gap"]
+    cols = [
+        "exact_ot_s",
+        "sinkhorn_ot_s",
+        "schrodinger_bridge_s",
+        "scipy_lsa_s",
+        "pot_emd_s",
+        "pot_sinkhorn_s",
+        "exact_gap",
+        "sinkhorn_gap",
+        "pot_sinkhorn_gap",
+    ]
     print(f"{'n':>5} {'d':>5} " + " ".join(f"{c:>20}" for c in cols))
     rows = []
     for d in args.dims:
@@ -121,8 +144,11 @@ def main(argv=None):
             rows.append(row)
             cells = [f"{row[c]:>20.4g}" if c in row else f"{'-':>20}" for c in cols]
             print(f"{n:>5} {d:>5} " + " ".join(cells), flush=True)
-    common.write_result({"machine": machine, "command": "python experiments/bench/couplings.py", "rows": rows},
-                        args.out, markdown(rows, machine))
+    common.write_result(
+        {"machine": machine, "command": "python experiments/bench/couplings.py", "rows": rows},
+        args.out,
+        markdown(rows, machine),
+    )
 
 
 if __name__ == "__main__":

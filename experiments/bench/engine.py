@@ -34,11 +34,18 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
 
     from fm_jax.train.loop import build_engine, check_config
 
-    config = common.config_with({"method": method, "batch_size": batch, "steps_per_call": steps_per_call,
-                                 "num_steps": steps_per_call, "log_every": steps_per_call, "checkpoint_every": 0,
-                                 "mesh.num_devices": devices})
-    check_config(config)
-    engine = build_engine(config)
+    config = common.config_with(
+        {
+            "method": method,
+            "batch_size": batch,
+            "steps_per_call": steps_per_call,
+            "num_steps": steps_per_call,
+            "log_every": steps_per_call,
+            "checkpoint_every": 0,
+            "mesh.num_devices": devices,
+        }
+    )
+    engine = build_engine(check_config(config))
     batches = engine.batches(engine.data_key, 0)
     loss = engine.loss  # the step's own loss: the bare step sees the same (already coupled) batches
     apply = engine.apply
@@ -47,7 +54,8 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
 
     bare = common.scanned_steps(
         lambda p, i, batch: jax.grad(lambda p: loss(apply, p, jax.random.fold_in(jax.random.key(0), i), batch)[0])(p),
-        optimizer)
+        optimizer,
+    )
 
     def rate(call, carry):
         """(steps/s over `seconds`, time of the first call including its compile)."""
@@ -61,9 +69,14 @@ def measure(devices: int, method: str, batch: int, steps_per_call: int, seconds:
     params = jax.device_get(engine.state.params)
     bare_rate, bare_first = rate(lambda c: bare((*c, 0), local)[:2], (params, optimizer.init(params)))
     engine_rate, engine_first = rate(lambda state: engine.steps(state, batches)[0], engine.state)
-    return {"devices": devices, "bare_steps_per_s": bare_rate, "engine_steps_per_s": engine_rate,
-            "engine_over_bare_time": bare_rate / engine_rate, "examples_per_s": engine_rate * batch,
-            "first_call_s": {"bare": bare_first, "engine": engine_first}}
+    return {
+        "devices": devices,
+        "bare_steps_per_s": bare_rate,
+        "engine_steps_per_s": engine_rate,
+        "engine_over_bare_time": bare_rate / engine_rate,
+        "examples_per_s": engine_rate * batch,
+        "first_call_s": {"bare": bare_first, "engine": engine_first},
+    }
 
 
 def main(argv=None):
@@ -82,16 +95,39 @@ def main(argv=None):
     rows = []
     for devices in args.devices:
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-        cmd = [sys.executable, __file__, "--worker", "--devices", str(devices), "--method", args.method,
-               "--batch", str(args.batch), "--steps-per-call", str(args.steps_per_call), "--seconds", str(args.seconds)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--devices",
+            str(devices),
+            "--method",
+            args.method,
+            "--batch",
+            str(args.batch),
+            "--steps-per-call",
+            str(args.steps_per_call),
+            "--seconds",
+            str(args.seconds),
+        ]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{devices} device(s): bare {r['bare_steps_per_s']:.0f} steps/s, engine {r['engine_steps_per_s']:.0f} "
-              f"steps/s ({r['engine_over_bare_time']:.3f}x the bare step's time), {r['examples_per_s']:.0f} examples/s",
-              flush=True)
-    common.write_result({"machine": common.machine(), "method": args.method, "batch": args.batch,
-                         "steps_per_call": args.steps_per_call, "rows": rows}, args.out)
+        print(
+            f"{devices} device(s): bare {r['bare_steps_per_s']:.0f} steps/s, engine {r['engine_steps_per_s']:.0f} "
+            f"steps/s ({r['engine_over_bare_time']:.3f}x the bare step's time), {r['examples_per_s']:.0f} examples/s",
+            flush=True,
+        )
+    common.write_result(
+        {
+            "machine": common.machine(),
+            "method": args.method,
+            "batch": args.batch,
+            "steps_per_call": args.steps_per_call,
+            "rows": rows,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

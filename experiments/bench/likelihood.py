@@ -36,10 +36,16 @@ def bench(d: int, batch: int, width: int, depth: int, steps: int, chunk: int, bu
     variants = {
         "encode": jax.jit(lambda x: fm.encode(vf, x, **solve).x),
         "exact": jax.jit(lambda x: likelihood.log_likelihood(vf, x, chunk_size=chunk, **solve).log_prob),
-        "hutchinson_1": jax.jit(lambda x: likelihood.log_likelihood(
-            vf, x, divergence="hutchinson", key=jax.random.key(1), **solve).log_prob),
-        "hutchinson_4": jax.jit(lambda x: likelihood.log_likelihood(
-            vf, x, divergence="hutchinson", key=jax.random.key(1), num_probes=4, **solve).log_prob),
+        "hutchinson_1": jax.jit(
+            lambda x: likelihood.log_likelihood(vf, x, divergence="hutchinson", key=jax.random.key(1), **solve).log_prob
+        ),
+        "hutchinson_4": jax.jit(
+            lambda x: (
+                likelihood.log_likelihood(
+                    vf, x, divergence="hutchinson", key=jax.random.key(1), num_probes=4, **solve
+                ).log_prob
+            )
+        ),
     }
     row = {"dim": d, "batch": batch, "nfe": 2 * steps, "points_per_s": {}, "compile_s": {}}
     for name, fn in variants.items():

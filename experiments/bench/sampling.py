@@ -61,15 +61,31 @@ def euler_rows(steps: list[int], seconds: float) -> list[dict]:
             scan_fn = jax.jit(lambda x, n=n: scan_euler(vf, x, n))
             t_diffrax, t_scan = seconds_per_call(diffrax_fn, x0, seconds), seconds_per_call(scan_fn, x0, seconds)
             gap = float(jnp.max(jnp.abs(diffrax_fn(x0) - scan_fn(x0))))
-            rows.append({"field": name, "points": points, "steps": n, "diffrax_s": t_diffrax, "scan_s": t_scan,
-                         "diffrax_over_scan": t_diffrax / t_scan, "max_abs_difference": gap})
+            rows.append(
+                {
+                    "field": name,
+                    "points": points,
+                    "steps": n,
+                    "diffrax_s": t_diffrax,
+                    "scan_s": t_scan,
+                    "diffrax_over_scan": t_diffrax / t_scan,
+                    "max_abs_difference": gap,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
 
 def tolerance_rows(train_steps: int) -> list[dict]:
-    config = common.config_with({"method": "icfm", "num_steps": train_steps, "steps_per_call": min(100, train_steps),
-                                 "log_every": train_steps, "checkpoint_every": train_steps})
+    config = common.config_with(
+        {
+            "method": "icfm",
+            "num_steps": train_steps,
+            "steps_per_call": min(100, train_steps),
+            "log_every": train_steps,
+            "checkpoint_every": train_steps,
+        }
+    )
     with tempfile.TemporaryDirectory() as workdir:
         common.train_rate(config, workdir)
         run = load_run(workdir)
@@ -87,14 +103,22 @@ def tolerance_rows(train_steps: int) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Sampling ({result['machine']}); `python experiments/bench/sampling.py`.", "",
-             "| field | points | Euler steps | Diffrax ms | lax.scan ms | Diffrax / scan | max difference |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Sampling ({result['machine']}); `python experiments/bench/sampling.py`.",
+        "",
+        "| field | points | Euler steps | Diffrax ms | lax.scan ms | Diffrax / scan | max difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["euler"]:
-        lines.append(f"| {r['field']} | {r['points']:,} | {r['steps']} | {1e3 * r['diffrax_s']:.3g} | "
-                     f"{1e3 * r['scan_s']:.3g} | {r['diffrax_over_scan']:.2f} | {r['max_abs_difference']:.1e} |")
-    lines += ["", "| solver | " + " | ".join(f"tol {t:g}" for t in TOLERANCES) + " |",
-              "| --- |" + " ---: |" * len(TOLERANCES)]
+        lines.append(
+            f"| {r['field']} | {r['points']:,} | {r['steps']} | {1e3 * r['diffrax_s']:.3g} | "
+            f"{1e3 * r['scan_s']:.3g} | {r['diffrax_over_scan']:.2f} | {r['max_abs_difference']:.1e} |"
+        )
+    lines += [
+        "",
+        "| solver | " + " | ".join(f"tol {t:g}" for t in TOLERANCES) + " |",
+        "| --- |" + " ---: |" * len(TOLERANCES),
+    ]
     for name in ADAPTIVE:
         cells = [f"{r['nfe']} ({r['rms_error']:.1e})" for r in result["tolerance"] if r["solver"] == name]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -109,8 +133,12 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--out", default="results/sampling.json")
     args = parser.parse_args(argv)
-    result = {"machine": common.machine(), "args": vars(args), "euler": euler_rows(args.steps, args.seconds),
-              "tolerance": tolerance_rows(args.train_steps)}
+    result = {
+        "machine": common.machine(),
+        "args": vars(args),
+        "euler": euler_rows(args.steps, args.seconds),
+        "tolerance": tolerance_rows(args.train_steps),
+    }
     common.write_result(result, args.out, markdown(result))
     return result
 

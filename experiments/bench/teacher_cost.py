@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from fm_jax.train import RunSpec
 from fm_jax.train.teachers import precompute_pairs, teacher_coupling
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
@@ -37,17 +38,29 @@ steps_per_s = common.train_rate  # a run's training steps/s (the tests replace i
 
 
 def config_for(args, **fields):
-    return common.config_with({
-        "source": "normal", "target": args.target, "num_steps": args.steps, "batch_size": args.batch,
-        "steps_per_call": min(100, args.steps), "log_every": args.steps, "checkpoint_every": args.steps,
-        "sigma": 0.0, "teacher.rtol": 1e-4, "teacher.atol": 1e-4} | fields)
+    return common.config_with(
+        {
+            "source": "normal",
+            "target": args.target,
+            "num_steps": args.steps,
+            "batch_size": args.batch,
+            "steps_per_call": min(100, args.steps),
+            "log_every": args.steps,
+            "checkpoint_every": args.steps,
+            "sigma": 0.0,
+            "teacher.rtol": 1e-4,
+            "teacher.atol": 1e-4,
+        }
+        | fields
+    )
 
 
 def pairs_seconds(config, num: int) -> float:
     """Seconds to precompute `num` pairs, as a run pays them once: compiling the teacher's map included."""
-    coupling = teacher_coupling(config)
+    spec = RunSpec.from_config(config)
+    coupling = teacher_coupling(spec)
     start = time.perf_counter()
-    precompute_pairs(config, coupling, num)
+    precompute_pairs(spec, coupling, num)
     return time.perf_counter() - start
 
 
@@ -71,9 +84,14 @@ def main(argv=None) -> dict:
             seconds = pairs_seconds(pre, args.pairs)
             precomputed = steps_per_s(pre, root / f"{method}_precomputed")
             saved = 1 / in_step - 1 / precomputed
-            rows[name] = {"icfm_steps_per_s": icfm, "in_step_steps_per_s": in_step,
-                          "precomputed_steps_per_s": precomputed, "pairs": args.pairs, "pairs_seconds": seconds,
-                          "break_even_steps": seconds / saved if saved > 0 else None}
+            rows[name] = {
+                "icfm_steps_per_s": icfm,
+                "in_step_steps_per_s": in_step,
+                "precomputed_steps_per_s": precomputed,
+                "pairs": args.pairs,
+                "pairs_seconds": seconds,
+                "break_even_steps": seconds / saved if saved > 0 else None,
+            }
             print(name, {k: v if v is None else round(v, 3) for k, v in rows[name].items()}, flush=True)  # None: never
     machine = common.machine()
     common.write_result({"machine": machine, "args": vars(args), "rows": rows}, args.out, markdown(rows, machine, args))
@@ -81,14 +99,21 @@ def main(argv=None) -> dict:
 
 
 def markdown(rows: dict, machine: str, args) -> str:
-    lines = [f"Teacher cost, N(0, I) -> {args.target}, {args.steps} steps at batch {args.batch} ({machine}); "
-             f"`python experiments/bench/teacher_cost.py --steps {args.steps} --batch {args.batch} --pairs {args.pairs}`.",
-             "", "| student | I-CFM steps/s | in step: steps/s | precomputed: steps/s | pairs | seconds for the pairs "
-             "| break-even steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Teacher cost, N(0, I) -> {args.target}, {args.steps} steps at batch {args.batch} ({machine}); "
+        f"`python experiments/bench/teacher_cost.py --steps {args.steps} --batch {args.batch} --pairs {args.pairs}`.",
+        "",
+        "| student | I-CFM steps/s | in step: steps/s | precomputed: steps/s | pairs | seconds for the pairs "
+        "| break-even steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['icfm_steps_per_s']:,.0f} | {r['in_step_steps_per_s']:,.0f} | "
-                     f"{r['precomputed_steps_per_s']:,.0f} | {r['pairs']:,} | {r['pairs_seconds']:.2f} | "
-                     + ("never" if r["break_even_steps"] is None else f"{r['break_even_steps']:,.0f}") + " |")
+        lines.append(
+            f"| {name} | {r['icfm_steps_per_s']:,.0f} | {r['in_step_steps_per_s']:,.0f} | "
+            f"{r['precomputed_steps_per_s']:,.0f} | {r['pairs']:,} | {r['pairs_seconds']:.2f} | "
+            + ("never" if r["break_even_steps"] is None else f"{r['break_even_steps']:,.0f}")
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -35,8 +35,8 @@ import optax
 
 from fm_jax import couplings
 from fm_jax.data import toy2d
-from fm_jax.train import build_loss
 from fm_jax.models import MLP, functional
+from fm_jax.train import LossSpec, RunSpec, build_loss
 from fm_jax.train.state import build_model
 from fm_jax.train.step import mixed_precision
 
@@ -77,7 +77,7 @@ def loss_over_bare(dim: int, width: int, precision: str, n: int, steps_per_call:
     t = jax.random.uniform(key, (n,))
     x = jax.random.normal(jax.random.fold_in(key, 1), (n, dim))
     y = jnp.tanh(jax.random.normal(jax.random.fold_in(key, 2), (n, dim)))
-    loss = build_loss("icfm", 0.1)
+    loss = build_loss("icfm", LossSpec(sigma=0.1))
 
     def bare(params, i):
         return jax.grad(lambda p: jnp.mean((apply(p, t, x, None) - y) ** 2))(params)
@@ -85,12 +85,21 @@ def loss_over_bare(dim: int, width: int, precision: str, n: int, steps_per_call:
     def icfm(params, i):
         return jax.grad(lambda p: loss(apply, p, jax.random.fold_in(key, i), {"x1": y})[0])(params)
 
-    rates = {name: steps_per_second(fn, params, steps_per_call, seconds) for name, fn in
-             (("bare", bare), ("icfm", icfm))}
-    row = {"dim": dim, "width": width, "precision": precision, "steps_per_s": rates,
-           "icfm_over_bare_time": rates["bare"] / rates["icfm"]}
-    print(f"MLP {dim}-d x {width} {precision:<9} bare {rates['bare']:9.1f}  icfm {rates['icfm']:9.1f} steps/s  "
-          f"ratio {row['icfm_over_bare_time']:.3f}x", flush=True)
+    rates = {
+        name: steps_per_second(fn, params, steps_per_call, seconds) for name, fn in (("bare", bare), ("icfm", icfm))
+    }
+    row = {
+        "dim": dim,
+        "width": width,
+        "precision": precision,
+        "steps_per_s": rates,
+        "icfm_over_bare_time": rates["bare"] / rates["icfm"],
+    }
+    print(
+        f"MLP {dim}-d x {width} {precision:<9} bare {rates['bare']:9.1f}  icfm {rates['icfm']:9.1f} steps/s  "
+        f"ratio {row['icfm_over_bare_time']:.3f}x",
+        flush=True,
+    )
     return row
 
 
@@ -106,7 +115,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     config = common.config_with()
-    apply, params = build_model(config)
+    apply, params = build_model(RunSpec.from_config(config).model)
     n = args.batch
     key = jax.random.key(0)
     t = jax.random.uniform(key, (n,))
@@ -123,11 +132,11 @@ def main(argv=None):
         return jax.grad(lambda p: jnp.mean((apply(p, t_i, x_i, None) - y) ** 2))(params)
 
     def icfm(params, i):
-        loss = build_loss("icfm", config.sigma)
+        loss = build_loss("icfm", LossSpec(sigma=config.sigma))
         return jax.grad(lambda p: loss(apply, p, jax.random.fold_in(key, i), {"x1": y})[0])(params)
 
     def driver(method, ot_solver="network_simplex"):
-        loss = build_loss(method, config.sigma, ot_solver=ot_solver)
+        loss = build_loss(method, LossSpec(sigma=config.sigma, ot_solver=ot_solver))
 
         def step(params, i):
             k = jax.random.fold_in(key, i)
@@ -136,8 +145,14 @@ def main(argv=None):
 
         return step
 
-    variants = {"bare": bare, "bare_drawn": bare_drawn, "icfm": icfm, "icfm_driver": driver("icfm"),
-                "otcfm_network_simplex": driver("otcfm"), "otcfm_hungarian": driver("otcfm", "hungarian")}
+    variants = {
+        "bare": bare,
+        "bare_drawn": bare_drawn,
+        "icfm": icfm,
+        "icfm_driver": driver("icfm"),
+        "otcfm_network_simplex": driver("otcfm"),
+        "otcfm_hungarian": driver("otcfm", "hungarian"),
+    }
     rates = {}
     for name, fn in variants.items():
         rates[name] = steps_per_second(fn, params, args.steps_per_call, args.seconds)
@@ -154,10 +169,22 @@ def main(argv=None):
     }
     for name, value in ratios.items():
         print(f"{name:<44} {value:.2f}x")
-    models = [loss_over_bare(dim, 64 if dim == 2 else args.wide_width, precision, n, args.steps_per_call, args.seconds)
-              for dim in args.dims for precision in args.precisions]
-    common.write_result({"machine": common.machine(), "batch": n, "steps_per_call": args.steps_per_call,
-                         "steps_per_s": rates, "ratios": ratios, "models": models}, args.out)
+    models = [
+        loss_over_bare(dim, 64 if dim == 2 else args.wide_width, precision, n, args.steps_per_call, args.seconds)
+        for dim in args.dims
+        for precision in args.precisions
+    ]
+    common.write_result(
+        {
+            "machine": common.machine(),
+            "batch": n,
+            "steps_per_call": args.steps_per_call,
+            "steps_per_s": rates,
+            "ratios": ratios,
+            "models": models,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,14 @@ def main(argv=None):
     x1 = jnp.tanh(jax.random.normal(jax.random.fold_in(key, 2), (n, *shape)))
     loss = cfm_loss(paths.CondOT())
     optimizer = optax.adam(1e-4)
-    result = {"preset": args.preset, "params": unet.count_params(model), "shape": shape, "batch": n,
-              "machine": common.machine(devices=True), "precisions": {}}
+    result = {
+        "preset": args.preset,
+        "params": unet.count_params(model),
+        "shape": shape,
+        "batch": n,
+        "machine": common.machine(devices=True),
+        "precisions": {},
+    }
     for precision in args.precisions:
         net = mixed_precision(apply, precision)
         variants = {
@@ -91,10 +97,13 @@ def main(argv=None):
             row[f"{name}_tflop_per_s"] = row[f"{name}_gflop"] / row[f"{name}_step_s"] / 1e3
         row["loss_over_bare_time"] = row["loss_step_s"] / row["bare_step_s"]
         result["precisions"][precision] = row
-        print(f"{precision}: bare {row['bare_step_s'] * 1e3:.1f} ms, loss {row['loss_step_s'] * 1e3:.1f} ms "
-              f"({row['loss_over_bare_time']:.3f}x), {row['loss_images_per_s']:.0f} images/s, "
-              f"{row['loss_gflop']:.0f} GFLOP/step, {row['loss_tflop_per_s']:.2f} TFLOP/s, "
-              f"compile {row['loss_compile_s']:.1f} s", flush=True)
+        print(
+            f"{precision}: bare {row['bare_step_s'] * 1e3:.1f} ms, loss {row['loss_step_s'] * 1e3:.1f} ms "
+            f"({row['loss_over_bare_time']:.3f}x), {row['loss_images_per_s']:.0f} images/s, "
+            f"{row['loss_gflop']:.0f} GFLOP/step, {row['loss_tflop_per_s']:.2f} TFLOP/s, "
+            f"compile {row['loss_compile_s']:.1f} s",
+            flush=True,
+        )
     common.write_result(result, args.out)
 
 

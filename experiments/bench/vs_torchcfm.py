@@ -46,8 +46,11 @@ def torch_samplers():
     import torch
     from torchcfm import utils
 
-    return {"normal": lambda n: torch.randn(n, 2), "8gaussians": lambda n: utils.sample_8gaussians(n),
-            "moons": lambda n: utils.sample_moons(n)}
+    return {
+        "normal": lambda n: torch.randn(n, 2),
+        "8gaussians": lambda n: utils.sample_8gaussians(n),
+        "moons": lambda n: utils.sample_moons(n),
+    }
 
 
 def torch_matcher(method: str):
@@ -95,14 +98,29 @@ def run_torch(method: str, source: str, target: str, steps: int, num: int, seed:
         x0 = samplers[source](num)
         field = lambda t, x: model(torch.cat([x, t.expand(x.shape[0], 1)], dim=-1))
         x1 = torchdiffeq.odeint(field, x0, torch.tensor([0.0, 1.0]), method="dopri5", rtol=1e-4, atol=1e-4)[-1]
-    return {"steps_per_s": (steps - warmup) / seconds, "samples": x1.numpy(), "final_loss": loss.item(),
-            "threads": torch.get_num_threads()}
+    return {
+        "steps_per_s": (steps - warmup) / seconds,
+        "samples": x1.numpy(),
+        "final_loss": loss.item(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_fm_jax(method: str, source: str, target: str, steps: int, num: int, seed: int) -> dict:
-    config = common.config_with({"method": method, "source": source, "target": target, "seed": seed,
-                                 "sigma": SIGMA[method], "num_steps": steps, "batch_size": BATCH,
-                                 "learning_rate": LEARNING_RATE, "steps_per_call": min(100, steps), "log_every": steps})
+    config = common.config_with(
+        {
+            "method": method,
+            "source": source,
+            "target": target,
+            "seed": seed,
+            "sigma": SIGMA[method],
+            "num_steps": steps,
+            "batch_size": BATCH,
+            "learning_rate": LEARNING_RATE,
+            "steps_per_call": min(100, steps),
+            "log_every": steps,
+        }
+    )
     with tempfile.TemporaryDirectory() as workdir:
         rate = common.train_rate(config, workdir)
         run = load_run(workdir)
@@ -118,8 +136,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     groups = {}
     for row in rows:
         groups.setdefault((row["task"], row["method"]), []).append(row)
-    return [{"task": task, "method": method, "seeds": len(group)} | common.mean_std(group, keys)
-            for (task, method), group in groups.items()]
+    return [
+        {"task": task, "method": method, "seeds": len(group)} | common.mean_std(group, keys)
+        for (task, method), group in groups.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,8 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=["normal:moons", "8gaussians:moons"])
     parser.add_argument("--num", type=int, default=2000, help="samples for W2")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch's intra-op threads; 1 is torchcfm's fastest here (OT-CFM: 90 steps/s, 25 with 2)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch's intra-op threads; 1 is torchcfm's fastest here (OT-CFM: 90 steps/s, 25 with 2)",
+    )
     parser.add_argument("--out", default="results/vs_torchcfm.json")
     args = parser.parse_args(argv)
 
@@ -143,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     run_fm_jax(args.methods[0], source, target, 200, 100, 0)
     run_torch(args.methods[0], source, target, 200, 100, 0, args.torch_threads)
     rows = []
-    header = f"{'task':<18} {'method':<6} {'torchcfm steps/s':>16} {'fm_jax steps/s':>14} {'speed-up':>8} " \
-             f"{'W2 torchcfm':>11} {'W2 fm_jax':>9}"
+    header = (
+        f"{'task':<18} {'method':<6} {'torchcfm steps/s':>16} {'fm_jax steps/s':>14} {'speed-up':>8} "
+        f"{'W2 torchcfm':>11} {'W2 fm_jax':>9}"
+    )
     print(header)
     for task in args.tasks:
         source, target = task.split(":")
@@ -153,19 +179,29 @@ def main(argv: list[str] | None = None) -> dict:
                 reference = np.asarray(toy2d.sample(target, jax.random.key(2000 + seed), args.num))
                 ours = run_fm_jax(method, source, target, args.steps, args.num, seed)
                 theirs = run_torch(method, source, target, args.steps, args.num, seed, args.torch_threads)
-                row = {"task": task, "method": method, "seed": seed, "steps": args.steps,
-                       "torchcfm_steps_per_s": theirs["steps_per_s"], "fm_jax_steps_per_s": ours["steps_per_s"],
-                       "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
-                       "torchcfm_w2": metrics.w2(theirs["samples"], reference),
-                       "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
-                       "torch_threads": theirs["threads"]}
+                row = {
+                    "task": task,
+                    "method": method,
+                    "seed": seed,
+                    "steps": args.steps,
+                    "torchcfm_steps_per_s": theirs["steps_per_s"],
+                    "fm_jax_steps_per_s": ours["steps_per_s"],
+                    "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
+                    "torchcfm_w2": metrics.w2(theirs["samples"], reference),
+                    "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
+                    "torch_threads": theirs["threads"],
+                }
                 rows.append(row)
-                print(f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
-                      f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}", flush=True)
+                print(
+                    f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
+                    f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}",
+                    flush=True,
+                )
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": common.machine_info(jax=jax.__version__, torch=torch.__version__,
-                                       torchcfm=getattr(torchcfm, "__version__", "1.0.7")),
+        "machine": common.machine_info(
+            jax=jax.__version__, torch=torch.__version__, torchcfm=getattr(torchcfm, "__version__", "1.0.7")
+        ),
         "args": vars(args),
         "rows": rows,
         "summary": summarize(rows),

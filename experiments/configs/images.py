@@ -34,9 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.source = "normal"
     config.target = "tfds:digits"
     # Read with grain (fm_jax.data.images); flips and dequantization happen on the devices.
-    config.data = ml_collections.ConfigDict({
-        "dir": "", "split": "train", "eval_split": "test", "flip": False, "dequantize": True, "num_threads": 2,
-    })
+    config.data = ml_collections.ConfigDict(
+        {
+            "dir": "",
+            "split": "train",
+            "eval_split": "test",
+            "flip": False,
+            "dequantize": True,
+            "num_threads": 2,
+        }
+    )
     # fm_jax.models.unet presets: tiny, small, fm_cifar10, torchcfm_cifar10.
     config.model = ml_collections.ConfigDict({"kind": "unet", "preset": "small", "dropout": 0.0})
     # Class-conditional training; label_dropout trains the unconditional field too, for guidance.

@@ -35,18 +35,35 @@ def get_config() -> ml_collections.ConfigDict:
     config.beta = 1.0
     config.encoder = ml_collections.ConfigDict({"width": 64, "depth": 3, "preset": "tiny"})
     # flow: a normalizing flow (fm_jax.models.flows) trained by maximum likelihood on x1 + noise eps.
-    config.flow = ml_collections.ConfigDict({
-        "kind": "realnvp", "num_layers": 8, "width": 64, "depth": 2, "prior_std": 1.0, "noise": 0.0,
-        "token_dim": 1, "patch": 2, "heads": 4, "layers": 2,
-    })
+    config.flow = ml_collections.ConfigDict(
+        {
+            "kind": "realnvp",
+            "num_layers": 8,
+            "width": 64,
+            "depth": 2,
+            "prior_std": 1.0,
+            "noise": 0.0,
+            "token_dim": 1,
+            "patch": 2,
+            "heads": 4,
+            "layers": 2,
+        }
+    )
     # nfm / reflow: the workdir of the teacher run (a flow run for nfm, a flow-matching run for
     # reflow) and, for reflow, how its ODE is integrated ("backward": x0 from the data x1,
     # "forward": x1 from x0); steps = 0 integrates adaptively at rtol / atol. precompute = N maps
     # N pairs once before training and draws the batches from them (0: every batch in the step).
-    config.teacher = ml_collections.ConfigDict({
-        "workdir": "", "direction": "backward", "solver": "dopri5", "steps": 0, "rtol": 1e-4, "atol": 1e-4,
-        "precompute": 0,
-    })
+    config.teacher = ml_collections.ConfigDict(
+        {
+            "workdir": "",
+            "direction": "backward",
+            "solver": "dopri5",
+            "steps": 0,
+            "rtol": 1e-4,
+            "atol": 1e-4,
+            "precompute": 0,
+        }
+    )
     config.optimizer = "adam"
     config.learning_rate = 1e-3
     config.weight_decay = 0.0
@@ -73,8 +90,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Multi-process runs (fm_jax.train.distributed): "off", "auto" (TPU pods, SLURM) or "manual",
     # e.g. --config.distributed.mode=manual --config.distributed.coordinator=127.0.0.1:1234
     # --config.distributed.num_processes=2 --config.distributed.process_id=0 (and =1 in the other).
-    config.distributed = ml_collections.ConfigDict({
-        "mode": "off", "coordinator": "", "num_processes": 1, "process_id": 0,
-        "init_timeout_s": 300, "heartbeat_timeout_s": 100,
-    })
+    config.distributed = ml_collections.ConfigDict(
+        {
+            "mode": "off",
+            "coordinator": "",
+            "num_processes": 1,
+            "process_id": 0,
+            "init_timeout_s": 300,
+            "heartbeat_timeout_s": 100,
+        }
+    )
     return config

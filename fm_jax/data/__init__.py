@@ -12,14 +12,25 @@ log-densities `(n, d) -> (n,)` for the toy densities and "normal" (None for poin
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 
 from fm_jax.data import points, toy2d
-from fm_jax.likelihood import standard_normal_log_prob
+from fm_jax.primitives import standard_normal_log_prob
 
-__all__ = ["IMAGE_PREFIX", "Density", "densities", "fingerprint", "image_name", "is_image_spec", "points", "toy2d"]
+__all__ = [
+    "IMAGE_PREFIX",
+    "Density",
+    "densities",
+    "fingerprint",
+    "image_info",
+    "image_name",
+    "is_image_spec",
+    "points",
+    "toy2d",
+]
 
 IMAGE_PREFIX = "tfds:"
 
@@ -35,6 +46,13 @@ def image_name(spec: str) -> str:
     if not is_image_spec(spec) or not name:
         raise ValueError(f"{spec!r} is not an image spec: write tfds:NAME, e.g. tfds:digits.")
     return name
+
+
+def image_info(name: str, data_dir: str | None = None):
+    """The `ImageInfo` of a TFDS image dataset, building an offline one (digits, mnist5k) on first use."""
+    from fm_jax.data import images, prepare
+
+    return prepare.prepare(name, data_dir) if name in prepare.OFFLINE else images.info(name, data_dir)
 
 
 class Density(NamedTuple):
@@ -56,8 +74,8 @@ def _resolve(spec: str) -> Density | None:
     if points.is_file_spec(spec):
         data = points.load_points(points.file_path(spec))
         return Density(points.empirical(data), data.shape[1])
-    sampler = toy2d.get_density(spec)
-    return None if spec == "normal" else Density(sampler, 2, toy2d.get_log_prob(spec))
+    density = toy2d.DENSITIES[spec]
+    return None if spec == "normal" else Density(density.sample, 2, density.log_prob)
 
 
 def _normal(dim: int) -> Density:
@@ -87,6 +105,9 @@ def fingerprint(spec: str, data_dir: str | None = None) -> dict | None:
         return images.fingerprint(image_name(spec), data_dir)
     if points.is_file_spec(spec):
         path = points.file_path(spec)
-        return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                "shape": list(points.load_points(path).shape)}
+        return {
+            "file": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "shape": list(points.load_points(path).shape),
+        }
     return None

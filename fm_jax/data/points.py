@@ -14,7 +14,7 @@ import functools
 import os
 import pathlib
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +61,10 @@ def _load(path: str, mtime_ns: int) -> np.ndarray:
     except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
         if str(err).startswith(path):
             raise
-        raise ValueError(f"{path} is not a readable {pathlib.Path(path).suffix} file ({err}): save the points "
-                         "with numpy.save or numpy.savez.") from None
+        raise ValueError(
+            f"{path} is not a readable {pathlib.Path(path).suffix} file ({err}): save the points "
+            "with numpy.save or numpy.savez."
+        ) from None
     if points.ndim != 2 or points.shape[0] < 2:
         raise ValueError(f"{path} holds an array of shape {points.shape}: save N >= 2 points as an (N, d) array.")
     if not np.issubdtype(points.dtype, np.number) or np.issubdtype(points.dtype, np.complexfloating):

@@ -10,7 +10,8 @@ Keyword arguments go through to the model: the train step passes the U-Net's
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flax import nnx
 

@@ -31,8 +31,7 @@ class GaussianEncoder(nnx.Module):
     """`GaussianEncoder(dim, width=64, depth=3)`: x1 (batch, dim) -> (mu, log_sigma), each (batch, dim)."""
 
     def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "selu", *, rngs: nnx.Rngs):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
+        ACTIVATIONS[activation]  # a known name, or the error that lists them
         sizes = [dim] + [width] * depth
         self.activation = activation
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
@@ -49,8 +48,9 @@ class GaussianEncoder(nnx.Module):
 class ImageEncoder(nnx.Module):
     """`ImageEncoder(image_shape, preset="tiny")`: images (batch, H, W, C) -> (mu, log_sigma), each image-shaped."""
 
-    def __init__(self, image_shape: tuple[int, int, int], preset: str = "tiny", num_classes: int = 0,
-                 *, rngs: nnx.Rngs):
+    def __init__(
+        self, image_shape: tuple[int, int, int], preset: str = "tiny", num_classes: int = 0, *, rngs: nnx.Rngs
+    ):
         if preset not in PRESETS:
             raise ValueError(f"Unknown U-Net preset {preset!r} for the encoder; choose one of {sorted(PRESETS)}.")
         settings = PRESETS[preset] | {"dropout": 0.0}

@@ -33,9 +33,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["FLOWS", "Flow", "flow_from_config"]
+__all__ = ["FLOWS", "FLOW_FIELDS", "Flow"]
 
 FLOWS = ("realnvp", "tarflow")
+# The keyword arguments of `Flow` besides the shape: the fields of a config's `flow` section.
+FLOW_FIELDS = ("kind", "num_layers", "width", "depth", "prior_std", "token_dim", "patch", "heads", "layers")
 LOG_SCALE_CLAMP = 3.0
 
 
@@ -55,7 +57,9 @@ class ElementwiseAffine(nnx.Module):
         self.log_scale = nnx.Param(jnp.zeros((dim,)))
 
     def forward(self, x):
-        return (x - self.shift[...]) * jnp.exp(-self.log_scale[...]), -jnp.broadcast_to(jnp.sum(self.log_scale[...]), x.shape[:1])
+        return (x - self.shift[...]) * jnp.exp(-self.log_scale[...]), -jnp.broadcast_to(
+            jnp.sum(self.log_scale[...]), x.shape[:1]
+        )
 
     def inverse(self, z):
         return z * jnp.exp(self.log_scale[...]) + self.shift[...]
@@ -102,9 +106,7 @@ class CausalTransformer(nnx.Module):
     def __init__(self, tokens: int, width: int, heads: int, layers: int, *, rngs: nnx.Rngs):
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (tokens, width)))
         self.norms1 = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(layers)])
-        self.attn = nnx.List([
-            nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs) for _ in range(layers)
-        ])
+        self.attn = nnx.List([nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs) for _ in range(layers)])
         self.norms2 = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(layers)])
         self.mlp_in = nnx.List([nnx.Linear(width, 4 * width, rngs=rngs) for _ in range(layers)])
         self.mlp_out = nnx.List([nnx.Linear(4 * width, width, rngs=rngs) for _ in range(layers)])
@@ -121,8 +123,9 @@ class CausalTransformer(nnx.Module):
 class AutoregressiveBlock(nnx.Module):
     """One TarFlow block on tokens (batch, T, p): token i is moved by an affine map of tokens < i."""
 
-    def __init__(self, tokens: int, token_dim: int, width: int, heads: int, layers: int, reverse: bool,
-                 *, rngs: nnx.Rngs):
+    def __init__(
+        self, tokens: int, token_dim: int, width: int, heads: int, layers: int, reverse: bool, *, rngs: nnx.Rngs
+    ):
         self.reverse = reverse
         self.proj_in = nnx.Linear(token_dim, width, rngs=rngs)
         self.body = CausalTransformer(tokens, width, heads, layers, rngs=rngs)
@@ -163,39 +166,61 @@ class Flow(nnx.Module):
     TarFlow also takes `token_dim` (vectors) or `patch` (images), `heads` and `layers` (per block).
     """
 
-    def __init__(self, shape: tuple[int, ...], kind: str = "realnvp", num_layers: int = 8, width: int = 64,
-                 depth: int = 2, prior_std: float = 1.0, token_dim: int = 1, patch: int = 2, heads: int = 4,
-                 layers: int = 2, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        kind: str = "realnvp",
+        num_layers: int = 8,
+        width: int = 64,
+        depth: int = 2,
+        prior_std: float = 1.0,
+        token_dim: int = 1,
+        patch: int = 2,
+        heads: int = 4,
+        layers: int = 2,
+        *,
+        rngs: nnx.Rngs,
+    ):
         if kind not in FLOWS:
             raise ValueError(f"Unknown flow {kind!r}; choose one of {FLOWS}.")
         if num_layers < 1 or width < 1 or depth < 1 or not prior_std > 0:
-            raise ValueError(f"num_layers, width, depth and prior_std must be positive, got {num_layers}, {width}, "
-                             f"{depth}, {prior_std}.")
+            raise ValueError(
+                f"num_layers, width, depth and prior_std must be positive, got {num_layers}, {width}, "
+                f"{depth}, {prior_std}."
+            )
         self.shape, self.kind, self.prior_std = tuple(shape), kind, float(prior_std)
         self.dim = math.prod(self.shape)
         self.patch = patch if len(self.shape) == 3 else 0
         self.affine = ElementwiseAffine(self.dim)
         if kind == "realnvp":
-            self.layers = nnx.List([AffineCoupling(self.dim, i % 2, width, depth, rngs=rngs) for i in range(num_layers)])
+            self.layers = nnx.List(
+                [AffineCoupling(self.dim, i % 2, width, depth, rngs=rngs) for i in range(num_layers)]
+            )
             return
         if self.patch:
             h, w, c = self.shape
             if h % patch or w % patch:
-                raise ValueError(f"TarFlow patches of {patch} do not tile images of shape {self.shape}: choose a divisor.")
+                raise ValueError(
+                    f"TarFlow patches of {patch} do not tile images of shape {self.shape}: choose a divisor."
+                )
             token_dim = patch * patch * c
         elif self.dim % token_dim:
             raise ValueError(f"TarFlow tokens of {token_dim} coordinates do not split dimension {self.dim}.")
         if width % heads:
             raise ValueError(f"TarFlow width {width} must be a multiple of heads {heads}.")
         self.token_dim, tokens = token_dim, self.dim // token_dim
-        self.layers = nnx.List([
-            AutoregressiveBlock(tokens, token_dim, width, heads, layers, reverse=bool(i % 2), rngs=rngs)
-            for i in range(num_layers)
-        ])
+        self.layers = nnx.List(
+            [
+                AutoregressiveBlock(tokens, token_dim, width, heads, layers, reverse=bool(i % 2), rngs=rngs)
+                for i in range(num_layers)
+            ]
+        )
 
     def _check(self, x):
         if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"This flow takes data of shape (batch, {', '.join(map(str, self.shape))}), got {x.shape}.")
+            raise ValueError(
+                f"This flow takes data of shape (batch, {', '.join(map(str, self.shape))}), got {x.shape}."
+            )
 
     def _to_layers(self, x):
         """Flat vectors (RealNVP) or tokens (TarFlow) of data (batch, *shape)."""
@@ -242,12 +267,3 @@ class Flow(nnx.Module):
     def sample(self, key: jax.Array, num: int) -> jax.Array:
         """`num` samples x = f^{-1}(sigma_f eps), eps ~ N(0, I)."""
         return self.inverse(self.prior_std * jax.random.normal(key, (num, *self.shape)))
-
-
-def flow_from_config(shape: tuple[int, ...], settings: dict, seed: int = 0) -> Flow:
-    """The `Flow` of a config's `flow` section (a dict of `Flow` keyword arguments)."""
-    known = {"kind", "num_layers", "width", "depth", "prior_std", "token_dim", "patch", "heads", "layers"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"Unknown config.flow fields {unknown}; the fields are {sorted(known)}.")
-    return Flow(shape, **settings, rngs=nnx.Rngs(seed))

@@ -272,8 +272,7 @@ class InceptionE(nnx.Module):
     def __init__(
         self,
         in_channels: int,
-        pool: Literal["avg",
-        "max"],
+        pool: Literal["avg", "max"],
         *,
         precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
         kernel_init: nnx.Initializer = HE_NORMAL,
@@ -351,7 +350,9 @@ class InceptionV3(nnx.Module):
         if self.resize_input and x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
             x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
         if min(x.shape[1:3]) < MIN_INPUT_SIZE:
-            raise ValueError(f"InceptionV3 needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {x.shape[1:3]}.")
+            raise ValueError(
+                f"InceptionV3 needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {x.shape[1:3]}."
+            )
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = _max_pool_3x3(x, 2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -421,8 +422,7 @@ def load_fid_inception(
         raise ValueError(
             f"{path} does not hold the FID Inception state dict: "
             f"missing {len(missing)} names [{_first(missing)}]; unexpected {len(unexpected)} names "
-            f"[{_first(unexpected)}]. Expected pytorch-fid names such as Conv2d_1a_3x3.conv.weight. "
-            + _CONVERSION_HINT
+            f"[{_first(unexpected)}]. Expected pytorch-fid names such as Conv2d_1a_3x3.conv.weight. " + _CONVERSION_HINT
         )
     variables = []
     for name, (p, var) in expected.items():

@@ -8,21 +8,27 @@ OT-CFM experiments (Tong et al. 2024), so results compare at equal capacity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fm_jax.registry import Registry
+
 __all__ = ["ACTIVATIONS", "MLP"]
 
-ACTIVATIONS = {"selu": nnx.selu, "relu": nnx.relu, "gelu": nnx.gelu, "silu": nnx.silu, "tanh": jnp.tanh, "elu": nnx.elu}
+ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry(
+    "activation",
+    {"selu": nnx.selu, "relu": nnx.relu, "gelu": nnx.gelu, "silu": nnx.silu, "tanh": jnp.tanh, "elu": nnx.elu},
+)
 
 
 class MLP(nnx.Module):
     """`MLP(dim, width=64, depth=3, activation="selu", rngs=nnx.Rngs(0))`, called as `model(t, x, cond=None)`."""
 
     def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "selu", *, rngs: nnx.Rngs):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
+        ACTIVATIONS[activation]  # a known name, or the error that lists them
         if dim < 1 or width < 1 or depth < 1:
             raise ValueError(f"dim, width and depth must be positive, got {dim}, {width}, {depth}.")
         self.dim = dim

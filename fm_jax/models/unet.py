@@ -175,8 +175,9 @@ def _num_groups(channels: int, num_groups: int) -> int:
 
 
 def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 class Conv(nnx.Module):
@@ -239,8 +240,19 @@ class GroupNorm(nnx.Module):
 class ResBlock(nnx.Module):
     """ADM residual block with the embedding injected by scale-shift norm or addition; optional up/down."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, *, index: int, dropout: float, scale_shift: bool,
-                 num_groups: int, resample: str | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        emb_dim: int,
+        *,
+        index: int,
+        dropout: float,
+        scale_shift: bool,
+        num_groups: int,
+        resample: str | None = None,
+        rngs: nnx.Rngs,
+    ):
         self.index = index  # folded into the dropout key, so every block draws its own mask
         self.dropout = dropout
         self.scale_shift = scale_shift
@@ -337,12 +349,24 @@ class UNet(nnx.Module):
     conditional model). Returns the velocity, shaped and typed like x (with `out_channels` channels where given).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], channels: int = 128,
-                 channel_mult: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
-                 attention_resolutions: tuple[int, ...] = (16,), num_heads: int = 4, num_head_channels: int = 64,
-                 dropout: float = 0.0, num_classes: int = 0, resblock_updown: bool = False,
-                 use_scale_shift_norm: bool = True, num_groups: int = 32, out_channels: int | None = None,
-                 *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        channels: int = 128,
+        channel_mult: tuple[int, ...] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16,),
+        num_heads: int = 4,
+        num_head_channels: int = 64,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+        resblock_updown: bool = False,
+        use_scale_shift_norm: bool = True,
+        num_groups: int = 32,
+        out_channels: int | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}.")
@@ -401,8 +425,17 @@ class UNet(nnx.Module):
         index = itertools.count()  # ResBlock indices for the dropout key
 
         def res(c_in, c_out, resample=None):
-            return ResBlock(c_in, c_out, emb_dim, index=next(index), dropout=dropout,
-                            scale_shift=use_scale_shift_norm, num_groups=num_groups, resample=resample, rngs=rngs)
+            return ResBlock(
+                c_in,
+                c_out,
+                emb_dim,
+                index=next(index),
+                dropout=dropout,
+                scale_shift=use_scale_shift_norm,
+                num_groups=num_groups,
+                resample=resample,
+                rngs=rngs,
+            )
 
         ch = channel_mult[0] * channels
         self.conv_in = Conv(in_ch, ch, rngs)
@@ -474,8 +507,9 @@ class UNet(nnx.Module):
             self.check_labels(cond)  # concrete labels (eager call): check before anything compiles
         return t, x, cond
 
-    def __call__(self, t: jax.Array, x: jax.Array, cond: jax.Array | None = None, *,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, t: jax.Array, x: jax.Array, cond: jax.Array | None = None, *, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         t, x, cond = self._inputs(t, x, cond)
         dtype = x.dtype
         emb = timestep_embedding(t, self.channels).astype(dtype)
@@ -498,31 +532,72 @@ class UNet(nnx.Module):
         return out.astype(dtype)
 
 
-PRESETS: Registry[dict] = Registry("config.model.preset", {
-    # Lipman et al. 2023, App. E, Table 3 (CIFAR-10): channels 256, depth 2, channel multipliers
-    # 1,2,2,2, heads 4, head channels 64, attention resolution 16, dropout 0.0. The table does not
-    # give scale-shift norm or resblock up/down: guided-diffusion's defaults (True, False) are used.
-    "fm_cifar10": dict(channels=256, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-                       num_heads=4, num_head_channels=64, dropout=0.0, resblock_updown=False,
-                       use_scale_shift_norm=True, num_groups=32),
-    # torchcfm examples/images/cifar10/train_cifar10.py: UNetModelWrapper(dim=(3, 32, 32), num_res_blocks=2,
-    # num_channels=128, channel_mult=[1, 2, 2, 2], num_heads=4, num_head_channels=64,
-    # attention_resolutions="16", dropout=0.1); the wrapper's defaults use_scale_shift_norm=False,
-    # resblock_updown=False.
-    "torchcfm_cifar10": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-                             num_heads=4, num_head_channels=64, dropout=0.1, resblock_updown=False,
-                             use_scale_shift_norm=False, num_groups=32),
-    # Tests: two levels, attention at the lower one, 8 groups (2 channels per group at 16 channels).
-    "tiny": dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(-1,), num_heads=2,
-                 num_head_channels=-1, dropout=0.0, resblock_updown=False, use_scale_shift_norm=True, num_groups=8),
-    # CPU runs on 8x8 digits and 28x28 MNIST: the size of torchcfm's MNIST examples (num_channels=32,
-    # num_res_blocks=1, and its channel_mult for 28x28, (1, 2, 2): 28 -> 14 -> 7, 8 -> 4 -> 2; a
-    # fourth level would need H divisible by 8, which 28 is not). Attention at the lowest level
-    # (7x7) rather than torchcfm's 28x28; 8 groups keep ADM's 4 channels per group at width 32.
-    # About 0.36 GFLOP per 28x28 example forward, 1.1 GFLOP forward + backward.
-    "small": dict(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(-1,), num_heads=4,
-                  num_head_channels=-1, dropout=0.0, resblock_updown=False, use_scale_shift_norm=True, num_groups=8),
-})
+PRESETS: Registry[dict] = Registry(
+    "config.model.preset",
+    {
+        # Lipman et al. 2023, App. E, Table 3 (CIFAR-10): channels 256, depth 2, channel multipliers
+        # 1,2,2,2, heads 4, head channels 64, attention resolution 16, dropout 0.0. The table does not
+        # give scale-shift norm or resblock up/down: guided-diffusion's defaults (True, False) are used.
+        "fm_cifar10": dict(
+            channels=256,
+            channel_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attention_resolutions=(16,),
+            num_heads=4,
+            num_head_channels=64,
+            dropout=0.0,
+            resblock_updown=False,
+            use_scale_shift_norm=True,
+            num_groups=32,
+        ),
+        # torchcfm examples/images/cifar10/train_cifar10.py: UNetModelWrapper(dim=(3, 32, 32), num_res_blocks=2,
+        # num_channels=128, channel_mult=[1, 2, 2, 2], num_heads=4, num_head_channels=64,
+        # attention_resolutions="16", dropout=0.1); the wrapper's defaults use_scale_shift_norm=False,
+        # resblock_updown=False.
+        "torchcfm_cifar10": dict(
+            channels=128,
+            channel_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attention_resolutions=(16,),
+            num_heads=4,
+            num_head_channels=64,
+            dropout=0.1,
+            resblock_updown=False,
+            use_scale_shift_norm=False,
+            num_groups=32,
+        ),
+        # Tests: two levels, attention at the lower one, 8 groups (2 channels per group at 16 channels).
+        "tiny": dict(
+            channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(-1,),
+            num_heads=2,
+            num_head_channels=-1,
+            dropout=0.0,
+            resblock_updown=False,
+            use_scale_shift_norm=True,
+            num_groups=8,
+        ),
+        # CPU runs on 8x8 digits and 28x28 MNIST: the size of torchcfm's MNIST examples (num_channels=32,
+        # num_res_blocks=1, and its channel_mult for 28x28, (1, 2, 2): 28 -> 14 -> 7, 8 -> 4 -> 2; a
+        # fourth level would need H divisible by 8, which 28 is not). Attention at the lowest level
+        # (7x7) rather than torchcfm's 28x28; 8 groups keep ADM's 4 channels per group at width 32.
+        # About 0.36 GFLOP per 28x28 example forward, 1.1 GFLOP forward + backward.
+        "small": dict(
+            channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(-1,),
+            num_heads=4,
+            num_head_channels=-1,
+            dropout=0.0,
+            resblock_updown=False,
+            use_scale_shift_norm=True,
+            num_groups=8,
+        ),
+    },
+)
 
 
 def unet_preset(name: str, image_shape: tuple[int, int, int], num_classes: int = 0, *, rngs: nnx.Rngs) -> UNet:

@@ -1,7 +1,7 @@
 """The batches a training call consumes: drawn on the devices, or read from an image dataset,
 and coupled on the host where the coupling's solver lives there.
 
-`make_batches(config, mesh, coupling, group)` returns a `Batches`: `batches(key, first_step)`
+`make_batches(spec, mesh, coupling, group)` returns a `Batches`: `batches(key, first_step)`
 gives the `steps_per_call` batches {"x0", "x1"[, "label"]} of shape (steps_per_call, batch,
 ...) for steps first_step, first_step + 1, ..., split over the mesh's "data" axis;
 `batches.position(step)` is the data position to checkpoint with the state at `step`, and
@@ -17,7 +17,7 @@ gives the `steps_per_call` batches {"x0", "x1"[, "label"]} of shape (steps_per_c
   images into x1 in [-1, 1] and draws x0 ~ N(0, I). The position is the grain iterator's
   state before the batches of that step were read, so a resumed run reads the same examples.
 
-A host coupling (`coupling.on_host`, e.g. `ExactOT(solver="network_simplex")`) is applied
+A host coupling (`on_host(coupling)`: `ExactOT(solver="network_simplex")`) is applied
 here rather than inside the sharded step: the batches come to the host, each coupling set
 (the whole batch, or each group of `group` examples) is solved in one single-device
 call, and the coupled batches go back to the devices. A multi-device XLA program with host
@@ -28,31 +28,34 @@ dispatching a call).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from fm_jax import data
-from fm_jax.couplings import Coupling
+from fm_jax.couplings import Coupling, ExactOT
 from fm_jax.train.sharding import batch_sharding, place, replicated
+from fm_jax.train.spec import RunSpec
 
-__all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "PairBatches", "make_batches"]
+__all__ = ["DATA_STREAM", "Batches", "DensityBatches", "ImageBatches", "PairBatches", "make_batches", "on_host"]
 
 DATA_STREAM = 0x5EED
+
+
+def on_host(coupling: Coupling) -> bool:
+    """Whether a coupling calls back into the host (POT's network simplex): the batches are then
+    paired here, outside the multi-device step."""
+    return isinstance(coupling, ExactOT) and coupling.solver == "network_simplex"
 
 
 class Batches:
     """`batches(key, first_step) -> dict`; `position(step)` and `restore(position, step)` for checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int):
-        self.calls, self.n = config.steps_per_call, config.batch_size
+    def __init__(self, spec: RunSpec, mesh: Mesh, coupling: Coupling, group: int):
+        self.calls, self.n = spec.engine.steps_per_call, spec.engine.batch_size
         self.sharding = batch_sharding(mesh, leading_axes=1)
-        self.coupling, self.group = coupling, group
-        if coupling.on_host:
+        self.coupling, self.group, self.host = coupling, group, on_host(coupling)
+        if self.host:
             self._assignments = jax.jit(jax.vmap(coupling.assignment))
             # The examples this process's devices hold: a contiguous run of the batch axis on a 1-axis mesh.
             rows = [index[1] for index in self.sharding.addressable_devices_indices_map((self.calls, self.n)).values()]
@@ -98,9 +101,9 @@ class _DrawnBatches(Batches):
 class DensityBatches(_DrawnBatches):
     """Batches drawn on the devices from the config's source and target densities."""
 
-    def __init__(self, config, mesh, coupling, group):
-        super().__init__(config, mesh, coupling, group)
-        source, target = data.densities(config.source, config.target)
+    def __init__(self, spec, mesh, coupling, group):
+        super().__init__(spec, mesh, coupling, group)
+        source, target = spec.data.densities()
         n, calls = self.n, self.calls
 
         def one(key, step):
@@ -114,7 +117,7 @@ class DensityBatches(_DrawnBatches):
         self._sample_sharded = jax.jit(sample, out_shardings=self.sharding)
 
     def __call__(self, key: jax.Array, first_step: int) -> dict:
-        if not self.coupling.on_host:
+        if not self.host:
             return self._sample_sharded(key, first_step)
         cpu = jax.local_devices(backend="cpu")[0]
         with jax.default_device(cpu):
@@ -126,8 +129,8 @@ class PairBatches(_DrawnBatches):
     """Batches drawn on the devices, with replacement, from a fixed set of (x0, x1) pairs (a
     teacher's pairs computed once before training, `fm_jax.train.teachers.precompute_pairs`)."""
 
-    def __init__(self, config, mesh, coupling, group, pairs: dict):
-        super().__init__(config, mesh, coupling, group)
+    def __init__(self, spec, mesh, coupling, group, pairs: dict):
+        super().__init__(spec, mesh, coupling, group)
         pairs = place(pairs, {name: replicated(mesh) for name in pairs})  # every process computed the same pairs
         count, n, calls = pairs["x1"].shape[0], self.n, self.calls
 
@@ -135,8 +138,10 @@ class PairBatches(_DrawnBatches):
             index = jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step), (n,), 0, count)
             return {name: value[index] for name, value in pairs.items()}
 
-        self._sample = jax.jit(lambda key, first: jax.vmap(one, in_axes=(None, 0))(key, first + jnp.arange(calls)),
-                               out_shardings=self.sharding)
+        self._sample = jax.jit(
+            lambda key, first: jax.vmap(one, in_axes=(None, 0))(key, first + jnp.arange(calls)),
+            out_shardings=self.sharding,
+        )
 
     def __call__(self, key: jax.Array, first_step: int) -> dict:
         return self._sample(key, first_step)
@@ -145,24 +150,24 @@ class PairBatches(_DrawnBatches):
 class ImageBatches(Batches):
     """Batches of an image dataset read with grain on each process; x1 and x0 made on the devices."""
 
-    def __init__(self, config, mesh, coupling, group, labels: bool):
-        super().__init__(config, mesh, coupling, group)
+    def __init__(self, spec, mesh, coupling, group):
+        super().__init__(spec, mesh, coupling, group)
         from fm_jax.data import images
 
-        self.config, self.labels = config, labels
+        d, labels = spec.data.image, spec.data.num_classes > 0
         processes = jax.process_count()
         self._iterator = images.batches(
-            data.image_name(config.target),
-            config.data.dir or None,
-            config.data.split,
+            d.name,
+            d.dir,
+            d.split,
             self.n // processes,
-            seed=config.seed,
+            seed=spec.seed,
             shard_index=jax.process_index(),
             shard_count=processes,
-            num_threads=config.data.num_threads,
+            num_threads=d.num_threads,
         )
         self._next, self._positions = 0, {}
-        flip, dequantize = config.data.flip, config.data.dequantize
+        flip, dequantize = d.flip, d.dequantize
 
         def one(key, step, image):
             k_x0, k_x1 = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step))
@@ -183,14 +188,16 @@ class ImageBatches(Batches):
 
     def __call__(self, key: jax.Array, first_step: int) -> dict:
         if first_step != self._next:
-            raise RuntimeError(f"Image batches are read in order: asked for step {first_step}, the next is {self._next}.")
+            raise RuntimeError(
+                f"Image batches are read in order: asked for step {first_step}, the next is {self._next}."
+            )
         self._positions = {first_step: self._iterator.get_state()} | {
             s: p for s, p in self._positions.items() if s == first_step - self.calls
         }
         self._next = first_step + self.calls
         image, label = self._read()
         shape = (self.calls, self.n)
-        if self.coupling.on_host:  # single process (checked by the driver): the host holds the whole batch
+        if self.host:  # single process (checked by the driver): the host holds the whole batch
             cpu = jax.local_devices(backend="cpu")[0]
             with jax.default_device(cpu):
                 batch = jax.device_get(self._prepare(jax.device_put(key, cpu), first_step, image, label))
@@ -205,7 +212,9 @@ class ImageBatches(Batches):
             return self._iterator.get_state()
         step -= step % self.calls
         if step not in self._positions:
-            raise RuntimeError(f"No data position recorded for step {step} (the next batches are for step {self._next}).")
+            raise RuntimeError(
+                f"No data position recorded for step {step} (the next batches are for step {self._next})."
+            )
         return self._positions[step]
 
     def restore(self, position: dict, step: int) -> None:
@@ -213,15 +222,12 @@ class ImageBatches(Batches):
         self._next, self._positions = step - step % self.calls, {}
 
 
-def make_batches(
-    config: ml_collections.ConfigDict, mesh: Mesh, coupling: Coupling, group: int, labels: bool = False,
-    pairs: dict | None = None,
-) -> Batches:
-    """The batch source of a config; `group` examples per coupling set for a host coupling;
-    `labels`: whether image batches carry the class labels (class-conditional training);
-    `pairs`: precomputed {"x0", "x1"} to draw the batches from instead of the densities."""
+def make_batches(spec: RunSpec, mesh: Mesh, coupling: Coupling, group: int, pairs: dict | None = None) -> Batches:
+    """The batch source of a run; `group` examples per coupling set for a host coupling;
+    `pairs`: precomputed {"x0", "x1"} to draw the batches from instead of the densities.
+    Image batches carry the class labels when the run is class-conditional."""
     if pairs is not None:
-        return PairBatches(config, mesh, coupling, group, pairs)
-    if data.is_image_spec(config.target):
-        return ImageBatches(config, mesh, coupling, group, labels)
-    return DensityBatches(config, mesh, coupling, group)
+        return PairBatches(spec, mesh, coupling, group, pairs)
+    if spec.data.image is not None:
+        return ImageBatches(spec, mesh, coupling, group)
+    return DensityBatches(spec, mesh, coupling, group)

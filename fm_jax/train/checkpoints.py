@@ -179,8 +179,11 @@ class Checkpoints:
         data = dict(restored["data"])
         if not verified:
             if self.primary:
-                warnings.warn(f"Checkpoint {self.directory / str(step)} predates checksums: restored unverified.",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"Checkpoint {self.directory / str(step)} predates checksums: restored unverified.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return Restored(_state(restored["state"]), step, data, {})
         saved, log = restored["checksums"], dict(restored["log"])
         sums, _ = checksums(restored["state"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
 __all__ = ["MODES", "agree", "barrier", "gather", "initialize", "is_primary"]
@@ -25,26 +24,41 @@ __all__ = ["MODES", "agree", "barrier", "gather", "initialize", "is_primary"]
 MODES = ("off", "auto", "manual")
 
 
-def initialize(config: ml_collections.ConfigDict) -> None:
-    """Join the run's processes as the config says; a no-op for mode "off"."""
-    d = config.distributed
-    if d.mode not in MODES:
-        raise ValueError(f"Unknown distributed.mode {d.mode!r}; choose one of {MODES}.")
-    if d.mode == "off":
+def initialize(
+    mode: str = "off",
+    coordinator: str = "",
+    num_processes: int = 1,
+    process_id: int = 0,
+    init_timeout_s: int = 300,
+    heartbeat_timeout_s: int = 100,
+) -> None:
+    """Join the run's processes as a config's `distributed` section says; a no-op for mode "off".
+
+    Args:
+        mode: "off", "auto" (the cluster environment tells JAX the processes) or "manual".
+        coordinator: HOST:PORT of process 0 ("manual").
+        num_processes: the number of processes ("manual").
+        process_id: this process's index ("manual").
+        init_timeout_s: how long to wait for the other processes to join.
+        heartbeat_timeout_s: how long a silent peer is waited for before the run ends.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown distributed.mode {mode!r}; choose one of {MODES}.")
+    if mode == "off":
         return
-    timeouts = {"initialization_timeout": d.init_timeout_s, "heartbeat_timeout_seconds": d.heartbeat_timeout_s}
-    if d.mode == "auto":
+    timeouts = {"initialization_timeout": init_timeout_s, "heartbeat_timeout_seconds": heartbeat_timeout_s}
+    if mode == "auto":
         jax.distributed.initialize(**timeouts)
         if jax.process_count() > 1:
-            _announce(d.heartbeat_timeout_s)
+            _announce(heartbeat_timeout_s)
         return
-    if not d.coordinator or not 0 <= d.process_id < d.num_processes:
+    if not coordinator or not 0 <= process_id < num_processes:
         raise ValueError(
             f"distributed.mode='manual' needs coordinator=HOST:PORT and 0 <= process_id < num_processes; got "
-            f"coordinator={d.coordinator!r}, process_id={d.process_id}, num_processes={d.num_processes}."
+            f"coordinator={coordinator!r}, process_id={process_id}, num_processes={num_processes}."
         )
-    jax.distributed.initialize(d.coordinator, d.num_processes, d.process_id, **timeouts)
-    _announce(d.heartbeat_timeout_s)
+    jax.distributed.initialize(coordinator, num_processes, process_id, **timeouts)
+    _announce(heartbeat_timeout_s)
 
 
 def _announce(heartbeat_timeout_s: int) -> None:
@@ -55,7 +69,8 @@ def _announce(heartbeat_timeout_s: int) -> None:
         f"fm-jax: process {jax.process_index()} of {jax.process_count()}. If a process dies, JAX ends the "
         f"others within {heartbeat_timeout_s} s (its message names the failed task); then run the same "
         "command on every process to resume from the last checkpoint.",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 

@@ -10,11 +10,11 @@
 - `image_nll`: dequantized bits/dim of the held-out images (`likelihood.dequantized_bits_per_dim`,
   uniform noise on each of the 256 levels, data in [-1, 1]): log p(x | label) for conditional runs.
 
-A normalizing-flow run ("flow") samples in one shot (its NFE is its sequential network passes;
-path energy and curvature are undefined, NaN) and its bits/dim use its exact log-likelihood.
+A normalizing-flow run samples in one shot (its NFE is its sequential network passes; path
+energy and curvature are undefined, NaN) and its bits/dim use its exact log-likelihood.
 
-Held-out images are the first `num` of `config.data.eval_split`; the noise comes from keys
-that training never uses.
+Held-out images are the first `num` of the run's evaluation split; the noise comes from the
+held-out streams of `fm_jax.train.held_out`.
 """
 
 from __future__ import annotations
@@ -25,57 +25,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm_jax import data, fid, likelihood, metrics, solvers
-from fm_jax.train.evaluate import parse_solver, solve_kwargs
+from fm_jax import fid, likelihood, metrics, solvers
+from fm_jax.solvers import SolverSpec
+from fm_jax.train.held_out import NOISE, held_out_key, padded_chunks
+from fm_jax.train.state import model_method
 from fm_jax.train.workdir import Run
 
 __all__ = ["evaluate_images", "held_out_images", "image_nll", "sample_images"]
-
-HELD_OUT = 0x1A6E  # folded into the seed's key: a stream no training run draws from
 
 
 def held_out_images(run: Run, num: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `num` images (uint8) and labels of the run's evaluation split."""
     from fm_jax.data import images
 
-    config = run.config
-    x, labels = images.load_split(data.image_name(config.target), config.data.dir or None, config.data.eval_split)
+    d = run.spec.data.image
+    x, labels = images.load_split(d.name, d.dir, d.eval_split)
     if num < 2:
         raise ValueError(f"Evaluation needs at least 2 images, got num={num}.")
     return x[:num], labels[:num]
 
 
-def _conditional(run: Run) -> int | None:
+def _null_label(run: Run) -> int | None:
     """The null label of a class-conditional run (its number of classes), None for an unconditional one."""
-    from fm_jax.train.state import num_classes
-
-    return num_classes(run.config) or None
+    return run.spec.data.num_classes or None
 
 
 def _check_guidance(run: Run, guidance: float | None) -> None:
-    if guidance is not None and _conditional(run) is None:
+    if guidance is not None and _null_label(run) is None:
         raise ValueError(
-            f"A guidance scale needs a class-conditional model; this run ({run.config.target}) was trained "
+            f"A guidance scale needs a class-conditional model; this run ({run.spec.data.target}) was trained "
             "without labels (config.conditional = false)."
         )
-
-
-def _chunks(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(batch_size, n - start)
-
-
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-    """x with copies of its last row appended up to `size` rows: one compile serves every chunk."""
-    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)]) if len(x) < size else x
 
 
 def sample_images(
     run: Run,
     num: int,
-    solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    solver: SolverSpec = SolverSpec(),
     labels: np.ndarray | None = None,
     guidance: float | None = None,
     seed: int = 0,
@@ -87,121 +73,119 @@ def sample_images(
     `labels` (int, (num,)) for a class-conditional run (default: classes in turn); `guidance`
     the classifier-free guidance scale w (None: the conditional field, w = 1). `diffusion=C`
     samples the SDE with g(t) = C s(t) instead (`solvers.sample_sde`, the score from the
-    velocity of the run's path; `solver` then an SDE solver with fixed steps, "euler:100"); its
-    path energy and curvature are not defined (NaN).
+    velocity of the run's path; `solver` then an SDE solver with fixed steps, e.g.
+    `SolverSpec("euler", 100, sde=True)`); its path energy and curvature are not defined (NaN).
     """
-    from fm_jax.train.state import image_info
-
     _check_guidance(run, guidance)
-    null = _conditional(run)
+    null = _null_label(run)
     if labels is not None and null is None:
         raise ValueError("Labels were given, but the run is unconditional (config.conditional = false).")
     if null is not None:
         labels = np.arange(num) % null if labels is None else np.asarray(labels, np.int32)
         if labels.shape != (num,) or labels.min() < 0 or labels.max() >= null:
             raise ValueError(f"labels must be {num} integers in [0, {null - 1}], got shape {labels.shape}.")
-    if diffusion is None:
-        name, steps = parse_solver(solver)
-    else:  # an SDE solver (`solvers.SDE_SOLVERS`): checked by `sample_sde`
-        name, _, count = solver.partition(":")
-        steps = int(count) if count.isdigit() else None
-    kwargs = solve_kwargs(name, steps, rtol, atol)
-    shape = image_info(run.config).shape
     size = min(batch_size, num)
-    if run.config.method == "flow":
+    if run.spec.method.model == "flow":
         return _sample_flow(run, num, size, seed)
-
-    if diffusion is not None and steps is None:
-        raise ValueError("SDE sampling runs in fixed steps: give the solver as NAME:STEPS, e.g. euler:100.")
+    if diffusion is not None:
+        path = run.spec.method.conditional_path(run.spec.loss.sigma)
 
     @jax.jit
     def solve(x0, cond, key):
-        vf = solvers.velocity_field(run.apply, run.params, cond=cond, guidance=guidance,
-                                    null_label=null if guidance is not None else None)
+        vf = solvers.velocity_field(
+            run.apply, run.params, cond=cond, guidance=guidance, null_label=null if guidance is not None else None
+        )
         if diffusion is None:
-            return metrics.trajectory_metrics(vf, x0, **kwargs)
-        from fm_jax.train.methods import build_loss
-
-        path = build_loss(run.config.method, run.config.sigma, run.config.source).path
-        sol = solvers.sample_sde(vf, x0, key, path, lambda t: diffusion * path.noise_scale(t)[0], solver=name,
-                                 steps=steps)
+            return metrics.trajectory_metrics(vf, x0, solver)
+        sol = solvers.sample_sde(vf, x0, key, path, lambda t: diffusion * path.noise_scale(t)[0], solver=solver)
         nan = jnp.full((), jnp.nan)
         return metrics.TrajectoryMetrics(x1=sol.x, path_energy=nan, curvature=nan, nfe=sol.nfe)
 
-    key = jax.random.fold_in(jax.random.key(seed), HELD_OUT)
-    x0 = np.asarray(jax.random.normal(key, (num, *shape)))
+    key = held_out_key(seed, NOISE)
+    x0 = np.asarray(jax.random.normal(key, (num, *run.spec.data.shape)))
     out, nfe, energy, curvature = [], [], [], []
-    for start, n in _chunks(num, size):
-        cond = None if labels is None else jnp.asarray(_pad(labels[start:start + n], size))
-        m = solve(jnp.asarray(_pad(x0[start:start + n], size)), cond, jax.random.fold_in(key, start))
+    for start, n, (x, cond) in padded_chunks(size, x0, labels):
+        m = solve(x, cond, jax.random.fold_in(key, start))
         out.append(np.asarray(m.x1)[:n])
         nfe.append(int(m.nfe))
         energy.append(float(m.path_energy) * n)
         curvature.append(float(m.curvature) * n)
-    return {"x0": x0, "x1": np.concatenate(out), "nfe": float(np.mean(nfe)),
-            "path_energy": sum(energy) / num, "curvature": sum(curvature) / num, "labels": labels}
+    return {
+        "x0": x0,
+        "x1": np.concatenate(out),
+        "nfe": float(np.mean(nfe)),
+        "path_energy": sum(energy) / num,
+        "curvature": sum(curvature) / num,
+        "labels": labels,
+    }
 
 
 def _sample_flow(run: Run, num: int, size: int, seed: int) -> dict:
     """`sample_images` of a normalizing-flow run: x1 = f^{-1}(sigma_f eps) in chunks of `size`."""
-    from fm_jax.train.evaluate import flow_passes
-    from fm_jax.train.state import model_method
+    sample = jax.jit(model_method(run.spec.model, "sample"), static_argnums=2)
+    key = held_out_key(seed, NOISE)
+    x1 = np.concatenate(
+        [np.asarray(sample(run.params, jax.random.fold_in(key, i), size)) for i in range(-(-num // size))]
+    )[:num]
+    return {
+        "x0": None,
+        "x1": x1,
+        "nfe": float(run.spec.model.flow_passes()),
+        "path_energy": float("nan"),
+        "curvature": float("nan"),
+        "labels": None,
+    }
 
-    sample = jax.jit(model_method(run.config, "sample"), static_argnums=2)
-    key = jax.random.fold_in(jax.random.key(seed), HELD_OUT)
-    x1 = np.concatenate([np.asarray(sample(run.params, jax.random.fold_in(key, i), size))
-                         for i, _ in enumerate(_chunks(num, size))])[:num]
-    return {"x0": None, "x1": x1, "nfe": float(flow_passes(run.config)), "path_energy": float("nan"),
-            "curvature": float("nan"), "labels": None}
+
+def _header(run: Run, num: int) -> dict:
+    return {
+        "step": run.step,
+        "method": run.spec.method.name,
+        "target": run.spec.data.target,
+        "split": run.spec.data.image.eval_split,
+        "num": num,
+    }
 
 
 def evaluate_images(
     run: Run,
-    specs: list[str],
+    specs: list[SolverSpec],
     num: int,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
     guidance: float | None = None,
     seed: int = 0,
     batch_size: int = 500,
 ) -> dict:
-    """Per solver spec: pixel Fréchet distance, W2, NFE, normalized path energy and curvature; JSON-ready."""
-    for spec in specs:
-        parse_solver(spec)
+    """Per solver: pixel Fréchet distance, W2, NFE, normalized path energy and curvature; JSON-ready, keyed by `str(spec)`."""
     _check_guidance(run, guidance)
     real, labels = held_out_images(run, num)
     num = len(real)
     from fm_jax.data import images
 
     # The held-out images as training saw their kind: in [-1, 1], dequantized if training was.
-    key = jax.random.fold_in(jax.random.key(seed + 2), HELD_OUT)
-    real = np.asarray(images.preprocess(key, jnp.asarray(real), dequantize=run.config.data.dequantize))
-    noise = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(seed + 1), HELD_OUT), real.shape))
+    real = np.asarray(
+        images.preprocess(held_out_key(seed + 2, NOISE), jnp.asarray(real), dequantize=run.spec.data.image.dequantize)
+    )
+    noise = np.asarray(jax.random.normal(held_out_key(seed + 1, NOISE), real.shape))
     w2_sq = metrics.w2(noise, real) ** 2
     rows = {}
     for spec in specs:
-        out = sample_images(run, num, spec, rtol, atol, labels if _conditional(run) else None, guidance, seed,
-                            batch_size)
+        out = sample_images(run, num, spec, labels if _null_label(run) else None, guidance, seed, batch_size)
         x = np.clip(out["x1"], -1.0, 1.0)
-        rows[spec] = {
+        rows[str(spec)] = {
             "fd_pixel": float(fid.pixel_frechet_distance(x, real)),
             "w2": metrics.w2(x, real),
             "nfe": out["nfe"],
             "normalized_path_energy": float(metrics.normalized_path_energy(out["path_energy"], w2_sq)),
             "curvature": out["curvature"],
         }
-    config = run.config
-    return {"step": run.step, "method": config.method, "target": config.target, "split": config.data.eval_split,
-            "num": num, "guidance": guidance, "w2_sq_noise_data": w2_sq, "solvers": rows}
+    return _header(run, num) | {"guidance": guidance, "w2_sq_noise_data": w2_sq, "solvers": rows}
 
 
 def image_nll(
     run: Run,
     num: int = 1000,
     divergence: str = "hutchinson",
-    solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    solver: SolverSpec = SolverSpec(),
     num_probes: int = 1,
     probe: str = "rademacher",
     seed: int = 0,
@@ -210,10 +194,9 @@ def image_nll(
     """Mean dequantized bits/dim of `num` held-out images with its standard error."""
     x, labels = held_out_images(run, num)
     num, d = len(x), math.prod(x.shape[1:])
-    null = _conditional(run)
-    name, steps = parse_solver(solver)
-    kwargs = solve_kwargs(name, steps, rtol, atol)
-    base = jax.random.fold_in(jax.random.key(seed), HELD_OUT)
+    null = _null_label(run)
+    base = held_out_key(seed, NOISE)
+    flow = run.spec.method.model == "flow"
 
     @jax.jit
     def bits(x, cond, index):
@@ -221,25 +204,31 @@ def image_nll(
         vf = solvers.velocity_field(run.apply, run.params, cond=cond)
 
         def log_prob(z):
-            if run.config.method == "flow":  # exact
+            if flow:  # exact
                 return run.apply(run.params, z)
-            return likelihood.log_likelihood(vf, z, divergence=divergence, key=k_probe, num_probes=num_probes,
-                                             probe=probe, **kwargs).log_prob
+            return likelihood.log_likelihood(
+                vf, z, divergence=divergence, key=k_probe, num_probes=num_probes, probe=probe, solver=solver
+            ).log_prob
 
         return likelihood.dequantized_bits_per_dim(log_prob, x, k_deq)
 
     size = min(batch_size, num)
-    values = []
-    for i, (start, n) in enumerate(_chunks(num, size)):
-        cond = None if null is None else jnp.asarray(_pad(labels[start:start + n], size))
-        values.append(np.asarray(bits(jnp.asarray(_pad(x[start:start + n], size)), cond, i))[:n])
-    values = np.concatenate(values)
+    values = np.concatenate(
+        [
+            np.asarray(bits(chunk, cond, start // size))[:n]
+            for start, n, (chunk, cond) in padded_chunks(size, x, labels if null else None)
+        ]
+    )
     if not np.all(np.isfinite(values)):
         raise FloatingPointError(f"{int(np.sum(~np.isfinite(values)))} of {num} likelihoods are not finite.")
-    config = run.config
-    return {
-        "step": run.step, "method": config.method, "target": config.target, "split": config.data.eval_split,
-        "num": num, "dim": d, "conditional": null is not None, "divergence": divergence,
-        "num_probes": num_probes if divergence == "hutchinson" else None, "solver": solver, "rtol": rtol, "atol": atol,
-        "bits_per_dim": float(values.mean()), "bits_per_dim_se": float(values.std(ddof=1) / math.sqrt(num)),
+    return _header(run, num) | {
+        "dim": d,
+        "conditional": null is not None,
+        "divergence": divergence,
+        "num_probes": num_probes if divergence == "hutchinson" else None,
+        "solver": str(solver),
+        "rtol": solver.rtol,
+        "atol": solver.atol,
+        "bits_per_dim": float(values.mean()),
+        "bits_per_dim_se": float(values.std(ddof=1) / math.sqrt(num)),
     }

@@ -51,8 +51,10 @@ def workdir_lock(workdir: pathlib.Path, primary: bool = True):
         except BlockingIOError:
             handle.close()
             handle = None
-            error = (f"{workdir} is in use by {_holder(path)}: wait for that run to end or stop it, "
-                     "or pass another --workdir (nothing was changed).")
+            error = (
+                f"{workdir} is in use by {_holder(path)}: wait for that run to end or stop it, "
+                "or pass another --workdir (nothing was changed)."
+            )
         except OSError as err:  # e.g. ENOLCK on a file system without locks
             handle.close()
             handle = None

@@ -1,17 +1,22 @@
-"""The published flow-matching methods as (path, coupling) pairs, selectable by name.
+"""The method table: each published flow-matching method as one frozen `Method` record.
 
-| method  | path                      | coupling                 | source      | paper |
-| ------- | ------------------------- | ------------------------ | ----------- | ----- |
-| "icfm"  | ICFM(sigma)               | Independent              | any         | Tong et al. 2024 |
-| "otcfm" | ICFM(sigma)               | ExactOT                  | any         | Tong et al. 2024 |
-| "sbcfm" | BrownianBridge(sigma)     | SchrodingerBridge(sigma) | any         | Tong et al. 2024 |
-| "fm"    | CondOT(sigma_min = sigma) | Independent              | N(0, I) only| Lipman et al. 2023 |
-| "fm_vp" | VPDiffusion()             | Independent              | N(0, I) only| Lipman et al. 2023 (FM, diffusion path) |
-| "si"    | Trigonometric()           | Independent              | any         | Albergo & Vanden-Eijnden 2023 |
-| "fastode" | ICFM(sigma)             | learned encoder q(x0|x1) | N(0, I) only| Lee, Kim & Ye 2023 |
-| "nfm"   | ICFM(sigma)               | normalizing-flow teacher | N(0, I) only| Berthelot et al. 2026 |
-| "reflow"| ICFM(sigma)               | flow-matching teacher's ODE | N(0, I) only| Liu et al. 2023 |
-| "flow"  | -                         | -                        | -           | the NFM teacher: maximum likelihood |
+Everything that depends on the method reads its record: the loss (`build_loss`), the
+sources it may start from, whether its velocity gives the score (SDE sampling), whether it
+distils a teacher run, and whether the model is a velocity field or a normalizing flow.
+Adding a method is adding one entry to `METHODS`.
+
+| method    | path                      | coupling                    | source       | paper |
+| --------- | ------------------------- | --------------------------- | ------------ | ----- |
+| "icfm"    | ICFM(sigma)               | Independent                 | any          | Tong et al. 2024 |
+| "otcfm"   | ICFM(sigma)               | ExactOT                     | any          | Tong et al. 2024 |
+| "sbcfm"   | BrownianBridge(sigma)     | SchrodingerBridge(sigma)    | any          | Tong et al. 2024 |
+| "fm"      | CondOT(sigma_min = sigma) | Independent                 | N(0, I) only | Lipman et al. 2023 |
+| "fm_vp"   | VPDiffusion()             | Independent                 | N(0, I) only | Lipman et al. 2023 (FM, diffusion path) |
+| "si"      | Trigonometric()           | Independent                 | any          | Albergo & Vanden-Eijnden 2023 |
+| "fastode" | ICFM(sigma)               | learned encoder q(x0 | x1)  | N(0, I) only | Lee, Kim & Ye 2023 |
+| "nfm"     | ICFM(sigma)               | normalizing-flow teacher    | N(0, I) only | Berthelot et al. 2026 |
+| "reflow"  | ICFM(sigma)               | flow-matching teacher's ODE | N(0, I) only | Liu et al. 2023 |
+| "flow"    | -                         | -                           | -            | the NFM teacher: maximum likelihood |
 
 "fastode" needs the network's `encode` (`fm_jax.models.CoupledField`); "nfm" and "reflow" a
 `TeacherCoupling` (`fm_jax.train.teachers`); "flow" trains a normalizing flow, not a field.
@@ -19,67 +24,144 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from collections.abc import Callable
 
 from fm_jax import couplings, paths
+from fm_jax.distillation import TeacherCoupling
 from fm_jax.losses import CFMLoss, FlowNLLLoss, cfm_loss, fast_ode_loss, flow_nll_loss
+from fm_jax.registry import Registry
 
-__all__ = ["GAUSSIAN_SOURCE_ONLY", "METHODS", "TEACHER_METHODS", "build_loss", "check_method"]
-
-METHODS = ("icfm", "otcfm", "sbcfm", "fm", "fm_vp", "si", "fastode", "nfm", "reflow", "flow")
-GAUSSIAN_SOURCE_ONLY = ("fm", "fm_vp", "fastode", "nfm", "reflow")
-TEACHER_METHODS = ("nfm", "reflow")
+__all__ = ["METHODS", "LossSpec", "Method", "build_loss", "get_method"]
 
 
-def check_method(method: str, source: str = "normal") -> None:
-    """A known method name, and a source it can start from."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    if method in GAUSSIAN_SOURCE_ONLY and source != "normal":
-        raise ValueError(f"Method {method!r} needs the 'normal' source (got {source!r}); use 'icfm' or 'otcfm' instead.")
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """The loss settings a config gives: the path's sigma, the regression target, OT-CFM's exact
+    solver, label dropout for classifier-free guidance (with the network's null label),
+    fastode's KL weight beta, and a normalizing flow's training noise."""
+
+    sigma: float = 0.0
+    target: str = "velocity"
+    ot_solver: str = "hungarian"
+    label_dropout: float = 0.0
+    null_label: int | None = None
+    beta: float = 1.0
+    flow_noise: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method: its path and coupling, the sources it allows, and what it trains.
+
+    Attributes:
+        name: the `config.method` name.
+        paper: where it comes from.
+        path: sigma -> the conditional probability path; None for a normalizing flow.
+        coupling: `LossSpec` -> the minibatch coupling; None where the coupling is learned
+            (`encoder`) or distilled (`teacher`), or there is none (a flow).
+        normal_source_only: the path or coupling assumes x0 ~ N(0, I).
+        has_score: the velocity gives the score in closed form (a Gaussian path, x0 ~ N(0, I)
+            drawn independently of x1), so the run can be sampled as an SDE.
+        encoder: the network carries a Gaussian encoder q(x0 | x1) trained with the field.
+        teacher: the kind of run the coupling distils: "flow" (a normalizing flow) or
+            "field" (a flow-matching run); None for no teacher.
+        model: "field" (a velocity network) or "flow" (a normalizing flow, trained by likelihood).
+    """
+
+    name: str
+    paper: str
+    path: Callable[[float], paths.GaussianPath] | None
+    coupling: Callable[[LossSpec], couplings.Coupling] | None = None
+    normal_source_only: bool = False
+    has_score: bool = False
+    encoder: bool = False
+    teacher: str | None = None
+    model: str = "field"
+
+    def check_source(self, source: str) -> None:
+        """A ValueError unless the method can start from `source`."""
+        if self.normal_source_only and source != "normal":
+            raise ValueError(
+                f"Method {self.name!r} needs the 'normal' source (got {source!r}); use 'icfm' or 'otcfm' instead."
+            )
+
+    def conditional_path(self, sigma: float) -> paths.GaussianPath:
+        """The method's conditional path at noise scale `sigma`."""
+        if self.path is None:
+            raise ValueError(f"Method {self.name!r} trains a normalizing flow: it has no probability path.")
+        return self.path(sigma)
+
+
+def _independent(spec: LossSpec) -> couplings.Coupling:
+    return couplings.Independent()
+
+
+METHODS: Registry[Method] = Registry("config.method")
+for _method in (
+    Method("icfm", "Tong et al. 2024", paths.ICFM, _independent, has_score=True),
+    Method("otcfm", "Tong et al. 2024", paths.ICFM, lambda spec: couplings.ExactOT(solver=spec.ot_solver)),
+    Method("sbcfm", "Tong et al. 2024", paths.BrownianBridge, lambda spec: couplings.SchrodingerBridge(spec.sigma)),
+    Method(
+        "fm",
+        "Lipman et al. 2023",
+        lambda sigma: paths.CondOT(sigma_min=sigma),
+        _independent,
+        normal_source_only=True,
+        has_score=True,
+    ),
+    Method(
+        "fm_vp",
+        "Lipman et al. 2023",
+        lambda sigma: paths.VPDiffusion(),
+        _independent,
+        normal_source_only=True,
+        has_score=True,
+    ),
+    Method("si", "Albergo & Vanden-Eijnden 2023", lambda sigma: paths.Trigonometric(), _independent, has_score=True),
+    Method("fastode", "Lee, Kim & Ye 2023", paths.ICFM, normal_source_only=True, encoder=True),
+    Method("nfm", "Berthelot et al. 2026", paths.ICFM, normal_source_only=True, teacher="flow"),
+    Method("reflow", "Liu et al. 2023", paths.ICFM, normal_source_only=True, teacher="field"),
+    Method("flow", "maximum likelihood (the NFM teacher)", None, model="flow"),
+):
+    METHODS.add(_method.name, _method)
+
+
+def get_method(name: str | Method, source: str = "normal") -> Method:
+    """The record of a method name, checked against the source it starts from."""
+    method = name if isinstance(name, Method) else METHODS[name]
+    method.check_source(source)
+    return method
 
 
 def build_loss(
-    method: str,
-    sigma: float,
+    method: str | Method,
+    spec: LossSpec = LossSpec(),
     source: str = "normal",
-    target: str = "velocity",
-    ot_solver: str = "hungarian",
-    label_dropout: float = 0.0,
-    null_label: int | None = None,
     *,
     encode: Callable | None = None,
-    beta: float = 1.0,
-    teacher: couplings.TeacherCoupling | None = None,
-    flow_noise: float = 0.0,
+    teacher: TeacherCoupling | None = None,
 ) -> CFMLoss | FlowNLLLoss:
-    """The loss of a named method; FM's conditional paths assume a standard normal source.
+    """The loss of a method with the settings `spec`, starting from `source`.
 
-    `ot_solver` picks OT-CFM's exact solver (`couplings.EXACT_SOLVERS`); `label_dropout` and
-    `null_label` train a class-conditional network for classifier-free guidance (`cfm_loss`).
-    "fastode" takes the network's `encode` and `beta`, "nfm" / "reflow" the `teacher`
-    coupling, "flow" its training noise `flow_noise`.
+    "fastode" takes the network's `encode(params, x1, cond)`, "nfm" / "reflow" their `teacher`
+    coupling (`fm_jax.train.teachers.teacher_coupling`).
     """
-    extra = {"target": target, "label_dropout": label_dropout, "null_label": null_label}
-    check_method(method, source)
-    if method == "flow":
-        return flow_nll_loss(flow_noise)
-    if method == "fastode":
+    method = get_method(method, source)
+    if method.model == "flow":
+        return flow_nll_loss(spec.flow_noise)
+    path = method.conditional_path(spec.sigma)
+    cond = {"label_dropout": spec.label_dropout, "null_label": spec.null_label}
+    if method.encoder:
         if encode is None:
-            raise ValueError("Method 'fastode' needs the network's encode(params, x1, cond) (fm_jax.models.CoupledField).")
-        return fast_ode_loss(paths.ICFM(sigma), encode, beta, label_dropout=label_dropout, null_label=null_label)
-    if method in TEACHER_METHODS:
-        if not isinstance(teacher, couplings.TeacherCoupling):
-            raise ValueError(f"Method {method!r} needs its teacher coupling (fm_jax.train.teachers.teacher_coupling).")
-        return cfm_loss(paths.ICFM(sigma), teacher, **extra)
-    if method == "icfm":
-        return cfm_loss(paths.ICFM(sigma), couplings.Independent(), **extra)
-    if method == "otcfm":
-        return cfm_loss(paths.ICFM(sigma), couplings.ExactOT(solver=ot_solver), **extra)
-    if method == "sbcfm":
-        return cfm_loss(paths.BrownianBridge(sigma), couplings.SchrodingerBridge(sigma), **extra)
-    if method == "fm":
-        return cfm_loss(paths.CondOT(sigma_min=sigma), couplings.Independent(), **extra)
-    if method == "fm_vp":
-        return cfm_loss(paths.VPDiffusion(), couplings.Independent(), **extra)
-    return cfm_loss(paths.Trigonometric(), couplings.Independent(), **extra)
+            raise ValueError(
+                f"Method {method.name!r} needs the network's encode(params, x1, cond) (fm_jax.models.CoupledField)."
+            )
+        return fast_ode_loss(path, encode, spec.beta, **cond)
+    if method.teacher is not None:
+        if not isinstance(teacher, TeacherCoupling):
+            raise ValueError(
+                f"Method {method.name!r} needs its teacher coupling (fm_jax.train.teachers.teacher_coupling)."
+            )
+        return cfm_loss(path, teacher, target=spec.target, **cond)
+    return cfm_loss(path, method.coupling(spec), target=spec.target, **cond)

@@ -14,16 +14,18 @@ depend on the layout beyond floating-point reassociation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fm_jax.registry import Registry
+
 __all__ = ["DATA", "LAYOUTS", "batch_sharding", "make_mesh", "place", "replicated", "state_shardings"]
 
 DATA = "data"
-LAYOUTS = ("replicated", "fsdp")
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -57,18 +59,26 @@ def _fsdp_spec(shape: tuple[int, ...], devices: int) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
+def _replicated_leaf(x: Any, mesh: Mesh) -> NamedSharding:
+    return replicated(mesh)
+
+
+def _fsdp_leaf(x: Any, mesh: Mesh) -> NamedSharding:
+    if not getattr(x, "shape", ()):
+        return replicated(mesh)
+    return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), mesh.shape[DATA]))
+
+
+# Parameter layouts: (leaf, mesh) -> its sharding.
+LAYOUTS: Registry[Callable[[Any, Mesh], NamedSharding]] = Registry(
+    "mesh.param_layout", {"replicated": _replicated_leaf, "fsdp": _fsdp_leaf}
+)
+
+
 def state_shardings(state: Any, mesh: Mesh, layout: str) -> Any:
-    """A NamedSharding per leaf of a train state (arrays or ShapeDtypeStructs)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown param_layout {layout!r}; choose one of {LAYOUTS}.")
-    devices = mesh.shape[DATA]
-
-    def leaf(x):
-        if layout == "replicated" or not getattr(x, "shape", ()):
-            return replicated(mesh)
-        return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), devices))
-
-    return jax.tree.map(leaf, state)
+    """A NamedSharding per leaf of a train state (arrays or ShapeDtypeStructs), as `LAYOUTS[layout]` places it."""
+    leaf = LAYOUTS[layout]
+    return jax.tree.map(lambda x: leaf(x, mesh), state)
 
 
 def place(tree: Any, shardings: Any) -> Any:

@@ -1,14 +1,13 @@
 """The train state and what builds it from a config: network, optimizer, step-0 state.
 
-The network is `config.model.kind`: "mlp" (the default; `fm_jax.models.MLP` in the
-dimension of the densities) or "unet" (`fm_jax.models.unet_preset(config.model.preset)` on
-the image shape of a `tfds:NAME` target, class-conditional when `config.conditional`). The
-"fastode" method pairs it with its encoder (`fm_jax.models.CoupledField`: an MLP
-`GaussianEncoder`, or an `ImageEncoder` of preset `config.encoder.preset`); the "flow"
-method trains a normalizing flow (`fm_jax.models.Flow` of `config.flow`) instead.
-The optimizer is Adam or AdamW with an optional linear warmup (`config.warmup_steps`), an
-optional linear decay to 0 at `num_steps` (`config.lr_decay = "polynomial"`, the Flow
-Matching paper's CIFAR-10 schedule) and gradient clipping by global norm (`config.grad_clip`).
+The network is the run's `ModelSpec` (`fm_jax.train.spec`): "mlp" (`fm_jax.models.MLP` in
+the dimension of the densities), "unet" (`fm_jax.models.unet.UNet` of a preset on the image
+shape of a `tfds:NAME` target, class-conditional when the run is) or "flow" (a normalizing
+flow, `fm_jax.models.Flow`). A method with a learned coupling ("fastode") pairs the field
+with its encoder (`fm_jax.models.CoupledField`: an MLP `GaussianEncoder`, or an
+`ImageEncoder` of a preset). The optimizer is the run's `OptimizerSpec`: Adam or AdamW with
+an optional linear warmup, an optional linear decay to 0 at `num_steps` (the Flow Matching
+paper's CIFAR-10 schedule) and gradient clipping by global norm.
 
 `TrainState` is the whole of a run's mutable state, one pytree: the step, the parameters,
 the optimizer state, the EMA of the parameters (left at the initial parameters when
@@ -18,21 +17,33 @@ step s comes from `fold_in(key, s)`, so the state at a step fixes everything aft
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 
-from fm_jax import data
-from fm_jax.models import MLP, CoupledField, GaussianEncoder, functional, unet
+from fm_jax.models import MLP, CoupledField, Flow, GaussianEncoder, functional, unet
 from fm_jax.models.encoders import ImageEncoder
-from fm_jax.models.flows import flow_from_config
+from fm_jax.registry import Registry
 
-__all__ = ["MODELS", "TrainState", "build_model", "build_module", "build_optimizer", "checkpoint_tree", "data_shape",
-           "image_info", "init_state", "model_method", "num_classes", "unet_kwargs", "uses_dropout"]
+if TYPE_CHECKING:
+    from fm_jax.train.spec import ModelSpec, OptimizerSpec, RunSpec
+
+__all__ = [
+    "LR_DECAYS",
+    "NETWORKS",
+    "OPTIMIZERS",
+    "TrainState",
+    "build_model",
+    "build_module",
+    "build_optimizer",
+    "checkpoint_tree",
+    "init_state",
+    "model_method",
+]
 
 
 class TrainState(NamedTuple):
@@ -43,113 +54,91 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
-MODELS = ("mlp", "unet")
-LR_DECAYS = ("constant", "polynomial")
+class _Network(NamedTuple):
+    """How a `config.model.kind` builds its velocity field and fastode's encoder from a `ModelSpec`."""
+
+    field: Callable[[ModelSpec, nnx.Rngs], nnx.Module]
+    encoder: Callable[[ModelSpec, nnx.Rngs], nnx.Module]
 
 
-def image_info(config: ml_collections.ConfigDict):
-    """The `ImageInfo` of an image target, preparing an offline dataset (digits, mnist5k) on first use."""
-    from fm_jax.data import images
-
-    name, directory = data.image_name(config.target), config.data.dir or None
-    return images.prepare(name, directory) if name in images.OFFLINE else images.info(name, directory)
-
-
-def num_classes(config: ml_collections.ConfigDict) -> int:
-    """Classes the network is conditioned on: the dataset's when `config.conditional`, else 0."""
-    return image_info(config).num_classes if config.get("conditional", False) else 0
-
-
-def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """The U-Net's settings: the preset's, with `config.model.dropout` where given."""
-    if config.model.preset not in unet.PRESETS:
-        raise ValueError(f"Unknown config.model.preset {config.model.preset!r}; choose one of {sorted(unet.PRESETS)}.")
-    return unet.PRESETS[config.model.preset] | ({"dropout": config.model.dropout} if "dropout" in config.model else {})
-
-
-def uses_dropout(config: ml_collections.ConfigDict) -> bool:
-    """Whether the network trains with dropout (a U-Net with dropout > 0): the step then passes it a key."""
-    return config.method != "flow" and config.model.get("kind", "mlp") == "unet" and unet_kwargs(config)["dropout"] > 0
-
-
-def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """The shape of one example: (H, W, C) of an image dataset, (d,) of the densities."""
-    if data.is_image_spec(config.target):
-        return tuple(image_info(config).shape)
-    return (data.densities(config.source, config.target)[0].dim,)
-
-
-def flow_settings(config: ml_collections.ConfigDict) -> dict:
-    """`Flow` keyword arguments of `config.flow` (its training noise is the loss's)."""
-    return {k: v for k, v in config.flow.to_dict().items() if k != "noise"}
+NETWORKS: Registry[_Network] = Registry(
+    "config.model.kind",
+    {
+        "mlp": _Network(
+            lambda m, rngs: MLP(m.shape[0], m.width, m.depth, m.activation, rngs=rngs),
+            lambda m, rngs: GaussianEncoder(
+                m.shape[0], m.encoder["width"], m.encoder["depth"], m.activation, rngs=rngs
+            ),
+        ),
+        "unet": _Network(
+            lambda m, rngs: unet.UNet(m.shape, num_classes=m.num_classes, **m.unet, rngs=rngs),
+            lambda m, rngs: ImageEncoder(m.shape, m.encoder["preset"], m.num_classes, rngs=rngs),
+        ),
+    },
+)
+# Optimizers by `config.optimizer`: (learning rate or schedule, weight decay) -> optax transformation.
+OPTIMIZERS: Registry[Callable[[Any, float], optax.GradientTransformation]] = Registry(
+    "optimizer",
+    {
+        "adam": lambda rate, weight_decay: optax.adam(rate),
+        "adamw": lambda rate, weight_decay: optax.adamw(rate, weight_decay=weight_decay),
+    },
+)
+# Learning-rate schedules after the warmup by `config.lr_decay`: OptimizerSpec -> rate or schedule.
+LR_DECAYS: Registry[Callable[[OptimizerSpec], Any]] = Registry(
+    "config.lr_decay",
+    {
+        "constant": lambda spec: spec.learning_rate,
+        "polynomial": lambda spec: optax.polynomial_schedule(
+            spec.learning_rate, 0.0, power=1.0, transition_steps=max(spec.num_steps - spec.warmup_steps, 1)
+        ),
+    },
+)
 
 
-def build_module(config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
-    """The NNX module of a config: the velocity network (with its encoder for fastode), or a flow."""
-    kind = config.model.get("kind", "mlp")
-    if kind not in MODELS:
-        raise ValueError(f"Unknown config.model.kind {kind!r}; choose one of {MODELS}.")
-    image = data.is_image_spec(config.target)
-    shape = data_shape(config)
-    if config.method == "flow":
-        return flow_from_config(shape, flow_settings(config), seed)
+def build_module(model: ModelSpec, seed: int = 0) -> nnx.Module:
+    """The NNX module of a model spec: the velocity network (with its encoder for fastode), or a flow."""
     rngs = nnx.Rngs(seed)
-    if kind == "unet":
-        if not image:
-            raise ValueError(f"The U-Net is for image targets (tfds:NAME); the target is {config.target!r}: use model.kind=mlp.")
-        field = unet.UNet(shape, num_classes=num_classes(config), **unet_kwargs(config), rngs=rngs)
-    elif image:
-        raise ValueError(f"The target {config.target!r} is an image dataset: use --config.model.kind=unet.")
-    else:
-        field = MLP(shape[0], config.model.width, config.model.depth, config.model.activation, rngs=rngs)
-    if config.method != "fastode":
-        return field
-    if kind == "unet":
-        encoder = ImageEncoder(shape, config.encoder.preset, num_classes(config), rngs=rngs)
-    else:
-        encoder = GaussianEncoder(shape[0], config.encoder.width, config.encoder.depth, config.model.activation, rngs=rngs)
-    return CoupledField(field, encoder)
+    if model.kind == "flow":
+        return Flow(model.shape, **model.flow, rngs=rngs)
+    network = NETWORKS[model.kind]
+    field = network.field(model, rngs)
+    return field if model.encoder is None else CoupledField(field, network.encoder(model, rngs))
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int = 0):
-    """(apply, params) of the config's module: the velocity field `apply(params, t, x, cond)`, or a flow's `log_prob(params, x)`."""
-    return functional(build_module(config, seed), "log_prob" if config.method == "flow" else None)
+def build_model(model: ModelSpec, seed: int = 0):
+    """(apply, params) of the module: the velocity field `apply(params, t, x, cond)`, or a flow's `log_prob(params, x)`."""
+    return functional(build_module(model, seed), "log_prob" if model.kind == "flow" else None)
 
 
-def model_method(config: ml_collections.ConfigDict, name: str):
-    """`fn(params, ...)`: method `name` of the config's module (an encoder's "encode", a flow's "forward" or
+def model_method(model: ModelSpec, name: str):
+    """`fn(params, ...)`: method `name` of the module (an encoder's "encode", a flow's "forward" or
     "sample"), reading the params of `build_model` (no weights are built)."""
-    return functional(nnx.eval_shape(lambda: build_module(config)), name)[0]
+    return functional(nnx.eval_shape(lambda: build_module(model)), name)[0]
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam(W) at `config.learning_rate`, after a linear warmup and with global-norm clipping where configured."""
-    warmup, clip, decay = config.get("warmup_steps", 0), config.get("grad_clip", 0.0), config.get("lr_decay", "constant")
-    if decay not in LR_DECAYS:
-        raise ValueError(f"Unknown config.lr_decay {decay!r}; choose one of {LR_DECAYS}.")
-    rate = config.learning_rate
-    if decay == "polynomial":
-        rate = optax.polynomial_schedule(rate, 0.0, power=1.0, transition_steps=max(config.num_steps - warmup, 1))
-    if warmup:
+def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
+    """Adam(W) at the spec's learning rate, after a linear warmup and with global-norm clipping where set."""
+    rate = LR_DECAYS[spec.lr_decay](spec)
+    if spec.warmup_steps:
         after = rate if callable(rate) else optax.constant_schedule(rate)
-        rate = optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), after], [warmup])
-    if config.optimizer == "adamw":
-        optimizer = optax.adamw(rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = optax.adam(rate)
-    return optax.chain(optax.clip_by_global_norm(clip), optimizer) if clip else optimizer
+        rate = optax.join_schedules(
+            [optax.linear_schedule(0.0, spec.learning_rate, spec.warmup_steps), after], [spec.warmup_steps]
+        )
+    optimizer = OPTIMIZERS[spec.name](rate, spec.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(spec.grad_clip), optimizer) if spec.grad_clip else optimizer
 
 
-def init_state(config: ml_collections.ConfigDict):
-    """(apply, optimizer, the step-0 TrainState) of a config; also the structure a checkpoint restores onto."""
-    apply, params = build_model(config, config.seed)
-    optimizer = build_optimizer(config)
+def init_state(spec: RunSpec):
+    """(apply, optimizer, the step-0 TrainState) of a run; also the structure a checkpoint restores onto."""
+    apply, params = build_model(spec.model, spec.seed)
+    optimizer = build_optimizer(spec.optimizer)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         ema_params=jax.tree.map(jnp.copy, params),  # its own buffers: the step donates the state
-        key=jax.random.key(config.seed),
+        key=jax.random.key(spec.seed),
     )
     return apply, optimizer, state
 

@@ -18,7 +18,7 @@ Minibatch couplings (Tong et al. 2024) pair x0 with x1 within a set of examples:
   per-device OT; a fixed group size gives the same result on any device count. Group g's
   key is `fold_in(key, g)`, g counted over the global batch.
 
-A teacher coupling (NFM, reflow: `couplings.TeacherCoupling`) maps the batch inside the step
+A teacher coupling (NFM, reflow: `distillation.TeacherCoupling`) maps the batch inside the step
 too; its parameters are an argument of the program, replicated on the mesh once
 (`TrainSteps`), so the compile does not grow with the teacher and other teacher parameters
 of the same shapes reuse it.
@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -43,25 +44,37 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from fm_jax.couplings import Coupling, Independent, TeacherCoupling
-from fm_jax.losses import CFMLoss
+from fm_jax.couplings import Coupling, Independent
+from fm_jax.distillation import TeacherCoupling
+from fm_jax.losses import CFMLoss, FlowNLLLoss
+from fm_jax.registry import Registry
 from fm_jax.train.sharding import DATA, batch_sharding, place, replicated
 from fm_jax.train.state import TrainState
 
-__all__ = ["COUPLING_SCOPES", "PRECISIONS", "TrainSteps", "couple_global", "couple_in_groups", "make_train_step", "mixed_precision"]
+if TYPE_CHECKING:
+    from fm_jax.train.spec import EngineSpec
+
+__all__ = [
+    "COUPLING_SCOPES",
+    "PRECISIONS",
+    "TrainSteps",
+    "couple_global",
+    "couple_in_groups",
+    "make_train_step",
+    "mixed_precision",
+    "split_coupling",
+]
 
 COUPLING_SCOPES = ("global", "group")
 DROPOUT_STREAM = 0xD50
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS: Registry[Any] = Registry("precision", {"float32": jnp.float32, "bfloat16": jnp.bfloat16})
 
 
 def mixed_precision(apply: Callable, precision: str) -> Callable:
     """`apply` computing in `precision`; params and outputs stay float32 outside it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
-    if precision == "float32":
+    dtype = jnp.dtype(PRECISIONS[precision])
+    if dtype == jnp.float32:
         return apply
-    dtype = jnp.dtype(precision)
 
     def cast(tree):
         return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
@@ -113,30 +126,37 @@ def couple_in_groups(coupling: Coupling, key: jax.Array, batch: dict, group: int
     return batch | coupled
 
 
+def split_coupling(loss: CFMLoss | FlowNLLLoss) -> tuple[Coupling, CFMLoss | FlowNLLLoss]:
+    """(the loss's coupling, the loss regressing on the pairs as given): the step couples the
+    sharded batch itself. A normalizing flow's likelihood sees the data alone."""
+    if isinstance(loss, FlowNLLLoss):
+        return Independent(), loss
+    return loss.coupling, dataclasses.replace(loss, coupling=Independent())
+
+
 def make_train_step(
-    loss: CFMLoss,
+    loss: CFMLoss | FlowNLLLoss,
     apply: Callable,
     optimizer: optax.GradientTransformation,
+    engine: EngineSpec,
     *,
     mesh: Mesh,
     state_sharding: Any,
-    ema_decay: float = 0.0,
-    coupling_scope: str = "global",
-    coupling_group: int = 0,
-    precision: str = "float32",
     dropout: bool = False,
-) -> "TrainSteps":
-    """The jitted `steps(state, batches) -> (state, losses of shape (K,))`; the state is donated."""
-    if coupling_scope not in COUPLING_SCOPES:
-        raise ValueError(f"Unknown coupling_scope {coupling_scope!r}; choose one of {COUPLING_SCOPES}.")
-    apply = mixed_precision(apply, precision)
+) -> TrainSteps:
+    """The jitted `steps(state, batches) -> (state, losses of shape (K,))`; the state is donated.
+
+    `engine` gives the EMA decay, the coupling scope and group, and the network's precision.
+    """
+    apply = mixed_precision(apply, engine.precision)
+    ema_decay, coupling_scope, coupling_group = engine.ema_decay, engine.coupling_scope, engine.group(mesh.devices.size)
     # The step couples the batch itself (globally or per group), then regresses on the pairs.
-    coupled = not isinstance(loss.coupling, Independent)
-    step_loss = dataclasses.replace(loss, coupling=Independent())
+    coupling, step_loss = split_coupling(loss)
+    coupled = not isinstance(coupling, Independent)
     # A teacher's parameters enter the jitted step as an argument, laid out on the mesh once, so
     # that one compiled step serves any teacher of the same shapes; the step keeps no other copy.
-    teacher = loss.coupling if isinstance(loss.coupling, TeacherCoupling) else None
-    unbound = loss.coupling if teacher is None else dataclasses.replace(teacher, params=None)
+    teacher = coupling if isinstance(coupling, TeacherCoupling) else None
+    unbound = coupling if teacher is None else dataclasses.replace(teacher, params=None)
 
     def one_step(pairing: Coupling, state: TrainState, batch: dict):
         k_pair, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
@@ -171,8 +191,9 @@ def make_train_step(
         # parts (to honour a stop within seconds) gives the same numbers, bit for bit.
         def body(i, carry):
             state, values = carry
-            state, value = step(state, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
-                                                    batches))
+            state, value = step(
+                state, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
+            )
             return state, values.at[i].set(value)
 
         end = begin + (calls if count is None else count)
@@ -201,14 +222,17 @@ class TrainSteps:
 
     def __call__(self, state: TrainState, batches: dict, begin: int = 0, count: int | None = None):
         calls = jax.tree.leaves(batches)[0].shape[0]
-        return self.jitted(state, batches, self.teacher_params, _index(begin), _index(calls if count is None else count))
+        return self.jitted(
+            state, batches, self.teacher_params, _index(begin), _index(calls if count is None else count)
+        )
 
     def compile(self, state: TrainState, batches: dict) -> Callable:
         """Compiled ahead of time for these shapes and shardings: `compiled(state, batches, begin=0, count=K)`."""
         calls = jax.tree.leaves(batches)[0].shape[0]
         compiled = self.jitted.lower(state, batches, self.teacher_params, _index(0), _index(calls)).compile()
         return lambda state, batches, begin=0, count=calls: compiled(
-            state, batches, self.teacher_params, _index(begin), _index(count))
+            state, batches, self.teacher_params, _index(begin), _index(count)
+        )
 
 
 def _index(n: int) -> np.ndarray:
