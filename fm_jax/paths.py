@@ -88,36 +88,15 @@ class GaussianPath:
     """x_t = a(t) x0 + b(t) x1 + g(t) z. Subclasses define the schedules a, b and g."""
 
     def a(self, t: jax.Array) -> jax.Array:
-        """Coefficient of the source sample x0.
-
-        Args:
-            t: times, any shape.
-
-        Returns:
-            a(t), elementwise, of the shape of t.
-        """
+        """Coefficient of the source sample x0: a(t) elementwise, for times t of any shape."""
         raise NotImplementedError
 
     def b(self, t: jax.Array) -> jax.Array:
-        """Coefficient of the data sample x1.
-
-        Args:
-            t: times, any shape.
-
-        Returns:
-            b(t), elementwise, of the shape of t.
-        """
+        """Coefficient of the data sample x1: b(t) elementwise, for times t of any shape."""
         raise NotImplementedError
 
     def g(self, t: jax.Array) -> jax.Array:
-        """Standard deviation of the extra Gaussian noise z (zero unless overridden).
-
-        Args:
-            t: times, any shape.
-
-        Returns:
-            g(t), elementwise, of the shape of t.
-        """
+        """Standard deviation of the extra noise z: g(t) elementwise (zero unless overridden), for t of any shape."""
         return jnp.zeros_like(t)
 
     @property

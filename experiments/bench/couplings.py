@@ -32,6 +32,9 @@ import fm_jax as fm
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
 from experiments import common
 
+# The timed solvers, in the table's column order.
+TIMED = ("exact_ot_s", "sinkhorn_ot_s", "schrodinger_bridge_s", "scipy_lsa_s", "pot_emd_s", "pot_sinkhorn_s")
+
 
 def timed(fn) -> float:
     """Median seconds of fn() over repeats until 2 s are spent (at least once, at most 20 times)."""
@@ -95,17 +98,7 @@ def markdown(rows: list[dict], machine: str) -> str:
         return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
 
     for r in rows:
-        cells = [
-            ms(r, k)
-            for k in (
-                "exact_ot_s",
-                "sinkhorn_ot_s",
-                "schrodinger_bridge_s",
-                "scipy_lsa_s",
-                "pot_emd_s",
-                "pot_sinkhorn_s",
-            )
-        ]
+        cells = [ms(r, k) for k in TIMED]
         gap = f"{max(r['exact_gap'], 0.0):.1e}" if "exact_gap" in r else "–"
         lines.append(
             f"| {r['n']} | {r['d']} | "
@@ -126,12 +119,7 @@ def main(argv=None):
     machine = common.machine()
     print(machine)
     cols = [
-        "exact_ot_s",
-        "sinkhorn_ot_s",
-        "schrodinger_bridge_s",
-        "scipy_lsa_s",
-        "pot_emd_s",
-        "pot_sinkhorn_s",
+        *TIMED,
         "exact_gap",
         "sinkhorn_gap",
         "pot_sinkhorn_gap",
