@@ -9,9 +9,9 @@ and every choice, so each table's error reads the same:
     ACTIVATIONS["relu"]          # -> nnx.relu
     ACTIVATIONS["bogus"]         # ValueError: Unknown activation 'bogus'; choose one of ['relu', ...]
 
-    PATHS = Registry("path")
-    @PATHS.register("condot")
-    class CondOT(GaussianPath): ...
+    LAYERS = Registry("layer")          # or filled beside each definition:
+    @LAYERS.register("dense")
+    class Dense: ...
 
 Names are case-sensitive unless `fold_case=True` (then stored and looked up lower-case).
 """

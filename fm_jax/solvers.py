@@ -454,7 +454,7 @@ def sample_sde(
     number of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
     """
     if isinstance(solver, SolverSpec):
-        if solver.steps is None:
+        if solver.adaptive:
             raise ValueError(f"SDE sampling runs in fixed steps: give it steps ({solver.name}:100, or --steps 100).")
         solver, steps = solver.name, solver.steps  # type: ignore[attr-defined]  # as in `sample`
     method = SDE_SOLVERS[solver]()

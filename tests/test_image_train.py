@@ -178,6 +178,8 @@ def test_image_runs_refuse_bad_settings_before_compiling(data_dir, tmp_path, cap
         check_config(image_config(data_dir, **{"model.preset": "huge"}))
     with pytest.raises(ValueError, match="image dataset"):
         check_config(image_config(data_dir, **{"model.kind": "mlp"}, source="tfds:digits", target="moons"))
+    with pytest.raises(ValueError, match="config.conditional needs an image dataset with labels"):
+        check_config(image_config(data_dir, **{"model.kind": "mlp", "conditional": True}, target="moons"))
 
 
 @pytest.mark.parametrize(

@@ -306,7 +306,7 @@ def _run(
     if start_step >= spec.loop.num_steps:
         raise ValueError(
             f"{workdir} already holds a trained model (step {start_step}): pass a new --workdir, "
-            "or a larger --spec.loop.num_steps to train on (nothing was changed)."
+            "or a larger --config.num_steps to train on (nothing was changed)."
         )
     k, data_key = spec.engine.steps_per_call, engine.data_key
     first = start_step - start_step % k  # a stop may have cut a call: resume inside it

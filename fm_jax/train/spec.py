@@ -91,6 +91,11 @@ class DataSpec:
     def from_config(cls, config: ml_collections.ConfigDict, method: Method) -> DataSpec:
         if not data.is_image_spec(config.target):
             source, _ = data.densities(config.source, config.target)  # names, point files (shape, NaN), dimensions
+            if config.get("conditional", False):
+                raise ValueError(
+                    f"config.conditional needs an image dataset with labels (tfds:NAME); the target is "
+                    f"{config.target!r}: set --config.conditional=false."
+                )
             return cls(config.source, config.target, (source.dim,))
         if config.source != "normal":
             raise ValueError(f"Image targets are generated from the 'normal' source; got source {config.source!r}.")
