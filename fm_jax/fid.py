@@ -61,6 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fm_jax.primitives import padded_chunks
+
 __all__ = [
     "FeatureStats",
     "feature_stats",
@@ -224,8 +226,8 @@ def feature_stats_of(
 
     `extractor(images_batch) -> (b, D)` is any callable: an NNX module (passed to the
     compiled step as a pytree, so its weights are arguments) or a function (compiled once per
-    function object; its closure constants are baked in). The last batch is zero-padded to
-    `batch_size` and its padding rows dropped, so a ragged last batch does not recompile.
+    function object; its closure constants are baked in). The last batch is padded to
+    `batch_size` (`primitives.padded_chunks`) and its padding rows masked out, so a ragged last batch does not recompile.
     Moments are pooled over batches in float32 with the pairwise update of Chan et al.,
     which stays accurate where sum(x x^T) - n mu mu^T would cancel. Images are cast to float32.
 
@@ -241,12 +243,8 @@ def feature_stats_of(
     low, high = jnp.float32(low), jnp.float32(high)
     step = _batch_moments_fn(extractor)
     n_seen, mean, m2, flags = 0, None, None, []
-    for start in range(0, n, batch):
-        chunk = jnp.asarray(images[start : start + batch], jnp.float32)
-        count = chunk.shape[0]
-        if count < batch:
-            chunk = jnp.concatenate([chunk, jnp.zeros((batch - count, *chunk.shape[1:]), jnp.float32)])
-        mean_b, m2_b, flags_b = step(extractor, chunk, jnp.int32(count), low, high)
+    for _, count, (chunk,) in padded_chunks(batch, images):  # padding rows are masked out by `count`
+        mean_b, m2_b, flags_b = step(extractor, chunk.astype(jnp.float32), jnp.int32(count), low, high)
         flags.append(flags_b)
         if mean is None:
             mean, m2 = mean_b, m2_b

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import fm_jax as fm
-from fm_jax.train.held_out import NOISE, TARGET, held_out_key, padded_chunks
+from fm_jax.primitives import padded_chunks
+from fm_jax.train.held_out import NOISE, TARGET, held_out_key
 
 
 def test_a_registry_names_its_field_and_every_choice():

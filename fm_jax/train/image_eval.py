@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm_jax import fid, likelihood, metrics, solvers
+from fm_jax.primitives import padded_chunks
 from fm_jax.solvers import SolverSpec
-from fm_jax.train.held_out import NOISE, held_out_key, padded_chunks
+from fm_jax.train.held_out import NOISE, held_out_key
 from fm_jax.train.state import model_method
 from fm_jax.train.workdir import Run
 

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm_jax import data, likelihood, solvers
+from fm_jax.primitives import padded_chunks
 from fm_jax.solvers import SolverSpec
-from fm_jax.train.held_out import PROBES, TARGET, held_out_key, padded_chunks
+from fm_jax.train.held_out import PROBES, TARGET, held_out_key
 from fm_jax.train.workdir import Run
 
 __all__ = ["density_grid", "held_out_nll"]
