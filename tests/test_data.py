@@ -16,7 +16,7 @@ N = 40_000
 
 
 def draw(name, seed=0, n=N):
-    return np.asarray(jax.jit(toy2d.sample, static_argnums=(0, 2))(name, jax.random.key(seed), n))
+    return np.asarray(jax.jit(toy2d.sample, static_argnums=(1, 2))(jax.random.key(seed), name, n))
 
 
 @pytest.mark.parametrize("name", sorted(toy2d.DENSITIES))
@@ -79,9 +79,15 @@ def test_scurve_and_spirals_are_centred_and_symmetric():
         assert fm.metrics.w2(x[:2000], -x[2000:4000]) < 1.5 * baseline
 
 
+def test_sample_takes_the_key_first():
+    """`sample(key, name, n)`: the name given first is refused with the call spelled out."""
+    with pytest.raises(TypeError, match=r"key must be a JAX random key.*toy2d.sample\(key, name, n\).*str 'moons'"):
+        toy2d.sample("moons", jax.random.key(0), 10)
+
+
 def test_unknown_density_names_the_choices():
     with pytest.raises(ValueError, match="Unknown density 'moon'.*moons"):
-        toy2d.sample("moon", jax.random.key(0), 10)
+        toy2d.sample(jax.random.key(0), "moon", 10)
 
 
 # Log-densities: normalised, of the law sampled, jittable.
@@ -224,7 +230,7 @@ def test_one_record_per_density():
     x = 3.0 * np.asarray(draw("normal", 3, 64))
     for name, toy in toy2d.DENSITIES.items():
         assert isinstance(toy, toy2d.Toy2D)
-        np.testing.assert_array_equal(toy2d.sample(name, key, 8), toy.sample(key, 8))
+        np.testing.assert_array_equal(toy2d.sample(key, name, 8), toy.sample(key, 8))
         np.testing.assert_array_equal(toy2d.log_prob(name, x), toy.log_prob(x))
     records = list(toy2d.DENSITIES.values())
     assert len({id(t.sample) for t in records}) == len({id(t.log_prob) for t in records}) == len(records)

@@ -71,7 +71,7 @@ def test_normal_takes_the_dimension_of_the_other_side(tmp_path):
     # Names resolve as the toy densities; the 2D normal draws the same numbers as toy2d's.
     src, tgt = data.densities("normal", "moons")
     key = jax.random.key(1)
-    assert jnp.array_equal(src.sample(key, 8), data.toy2d.sample("normal", key, 8))
+    assert jnp.array_equal(src.sample(key, 8), data.toy2d.sample(key, "normal", 8))
     with pytest.raises(ValueError, match="dimension 3 and the target 'moons' dimension 2"):
         data.densities(str(tmp_path / "p.npy"), "moons")
 

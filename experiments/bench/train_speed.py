@@ -120,7 +120,7 @@ def main(argv=None):
     key = jax.random.key(0)
     t = jax.random.uniform(key, (n,))
     x = jax.random.normal(jax.random.fold_in(key, 1), (n, 2))
-    y = toy2d.sample("moons", jax.random.fold_in(key, 2), n)
+    y = toy2d.sample(jax.random.fold_in(key, 2), "moons", n)
 
     def bare(params, i):
         return jax.grad(lambda p: jnp.mean((apply(p, t, x, None) - y) ** 2))(params)
@@ -140,7 +140,7 @@ def main(argv=None):
 
         def step(params, i):
             k = jax.random.fold_in(key, i)
-            batch = {"x1": toy2d.sample("moons", jax.random.fold_in(k, 0), n)}
+            batch = {"x1": toy2d.sample(jax.random.fold_in(k, 0), "moons", n)}
             return jax.grad(lambda p: loss(apply, p, jax.random.fold_in(k, 1), batch)[0])(params)
 
         return step

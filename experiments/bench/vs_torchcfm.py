@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         source, target = task.split(":")
         for method in args.methods:
             for seed in range(args.seeds):
-                reference = np.asarray(toy2d.sample(target, jax.random.key(2000 + seed), args.num))
+                reference = np.asarray(toy2d.sample(jax.random.key(2000 + seed), target, args.num))
                 ours = run_fm_jax(method, source, target, args.steps, args.num, seed)
                 theirs = run_torch(method, source, target, args.steps, args.num, seed, args.torch_threads)
                 row = {

@@ -1,5 +1,6 @@
-"""Toy 2D densities, sampled inside jit: `sample(name, key, n) -> (n, 2)` float32 points,
-with exact log-densities `log_prob(name, x) -> (n,)` for x of shape (n, 2), also jittable.
+"""Toy 2D densities, sampled inside jit: `sample(key, name, n) -> (n, 2)` float32 points (the
+key first, as in every function that draws), with exact log-densities
+`log_prob(name, x) -> (n,)` for x of shape (n, 2), also jittable.
 
 One table, `DENSITIES` (a `fm_jax.registry.Registry`), holds a `Toy2D(sample, log_prob)` record
 per name: `DENSITIES[name].sample(key, n)` and `DENSITIES[name].log_prob(x)` are the two halves
@@ -54,6 +55,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fm_jax.checks import check_key
 from fm_jax.primitives import standard_normal_log_prob
 from fm_jax.registry import Registry
 
@@ -208,8 +210,18 @@ DENSITIES: Registry[Toy2D] = Registry(
 )
 
 
-def sample(name: str, key: jax.Array, n: int) -> jax.Array:
-    """n points of the named density; jittable with `name` and `n` static."""
+def sample(key: jax.Array, name: str, n: int) -> jax.Array:
+    """n points of the named density, drawn with `key`; jittable with `name` and `n` static.
+
+    Args:
+        key: the key of the draw (`jax.random.key(seed)`).
+        name: a name of `DENSITIES`.
+        n: the number of points.
+
+    Returns:
+        (n, 2) float32 points.
+    """
+    check_key(key, "key", "toy2d.sample(key, name, n)")
     return DENSITIES[name].sample(key, n)
 
 
