@@ -16,7 +16,7 @@ DEMO := workdirs/demo
 # Train OT-CFM from N(0, I) to two moons, sample with Dopri5 (PNG in $(DEMO)), print W2.
 demo: $(BIN)/.installed
 	rm -rf $(DEMO)
-	$(BIN)/fm-jax train --config experiments/configs/toy2d.py --workdir $(DEMO)
+	$(BIN)/fm-jax train --config toy2d --workdir $(DEMO)
 	$(BIN)/fm-jax sample --workdir $(DEMO) --solver dopri5
 	$(BIN)/fm-jax eval --workdir $(DEMO) --solvers dopri5 euler:10 euler:2 --num 2000
 

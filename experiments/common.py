@@ -5,7 +5,7 @@
 - `median_seconds`, `calls_per_second`: the timing loops;
 - `optimizer_step`, `scanned_steps`: a bare optimizer step (no mesh, sharding, donation or EMA),
   the baseline the benchmarks compare the library's step with;
-- `config_with`, `train_rate`: a config of experiments/configs with overrides, trained;
+- `config_with`, `train_rate`: a packaged config (fm_jax/configs) with overrides, trained;
 - `mean_std`: the mean and standard deviation over seeds.
 
 The scripts run as files (`python experiments/bench/couplings.py`), and the tests import them by
@@ -29,9 +29,6 @@ import numpy as np
 import optax
 
 from fm_jax.train import apply_overrides, load_config, train
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "experiments" / "configs"
 
 
 def machine(devices: bool = False) -> str:
@@ -143,9 +140,9 @@ def scanned_steps(
 
 
 def config_with(overrides: Mapping[str, Any] | None = None, name: str = "toy2d") -> ml_collections.ConfigDict:
-    """experiments/configs/`name`.py with `overrides` ({"model.width": 32, ...}) applied as
+    """The packaged config `name` (fm_jax/configs/`name`.py) with `overrides` ({"model.width": 32, ...}) applied as
     `--config.KEY=VALUE` flags would be (each value passed as its `str`)."""
-    return apply_overrides(load_config(CONFIGS / f"{name}.py"), {k: str(v) for k, v in (overrides or {}).items()})
+    return apply_overrides(load_config(name), {k: str(v) for k, v in (overrides or {}).items()})
 
 
 def train_rate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> float:

@@ -23,8 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(ROOT / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"  # the packaged config, fm_jax/configs/toy2d.py
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 BASE = [
     "--config.method=icfm",

@@ -1,7 +1,7 @@
 """CIFAR-10 with torchcfm's recipe (Tong et al. 2024; torchcfm's examples/images/cifar10).
 
-    fm-jax train --config experiments/configs/cifar10_torchcfm.py --workdir workdirs/cifar10_otcfm
-    fm-jax train --config experiments/configs/cifar10_torchcfm.py --config.method=icfm --workdir workdirs/cifar10_icfm
+    fm-jax train --config cifar10_torchcfm --workdir workdirs/cifar10_otcfm
+    fm-jax train --config cifar10_torchcfm --config.method=icfm --workdir workdirs/cifar10_icfm
 
 Needs CIFAR-10 prepared once in ArrayRecord format under config.data.dir (`fm-jax prepare
 --dataset cifar10` prints the command). The recipe: torchcfm's U-Net (preset
@@ -12,13 +12,11 @@ horizontal flips. Published: FID 3.5 for OT-CFM with Dopri5 at 400k steps (torch
 README). Not run here (no GPU time).
 """
 
-import pathlib
-
-from fm_jax.train.configs import load_config
+from fm_jax.configs import images
 
 
 def get_config():
-    config = load_config(pathlib.Path(__file__).with_name("images.py"))
+    config = images.get_config()
     config.method = "otcfm"
     config.sigma = 0.0
     config.target = "tfds:cifar10"

@@ -1,20 +1,20 @@
 """OT-CFM from a standard normal to two moons with torchcfm's 2D network.
 
-    fm-jax train --config experiments/configs/toy2d.py --workdir workdirs/moons
-    fm-jax train --config experiments/configs/toy2d.py --config.method=icfm --config.target=8gaussians --workdir W
+    fm-jax train --config toy2d --workdir workdirs/moons
+    fm-jax train --config toy2d --config.method=icfm --config.target=8gaussians --workdir W
 
-Methods: icfm, otcfm, sbcfm, fm, si; fastode (a learned encoder coupling, `beta` and the
+Methods: icfm, otcfm, sbcfm, fm, fm_vp, si; fastode (a learned encoder coupling, `beta` and the
 `encoder` section); flow (a normalizing-flow teacher, the `flow` section); nfm and reflow
 (couplings from a trained teacher run, the `teacher` section):
 
-    fm-jax train --config experiments/configs/toy2d.py --config.method=flow --workdir workdirs/nf
-    fm-jax train --config experiments/configs/toy2d.py --config.method=nfm --config.teacher.workdir=workdirs/nf \
+    fm-jax train --config toy2d --config.method=flow --workdir workdirs/nf
+    fm-jax train --config toy2d --config.method=nfm --config.teacher.workdir=workdirs/nf \
         --workdir workdirs/nfm
 
 Densities: normal, 8gaussians, moons, scurve,
 checkerboard, spirals, or file:PATH to your own (N, d) points in a .npy/.npz file:
 
-    fm-jax train --config experiments/configs/toy2d.py --config.target=file:points.npy --workdir W
+    fm-jax train --config toy2d --config.target=file:points.npy --workdir W
 """
 
 import ml_collections

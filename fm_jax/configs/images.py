@@ -1,8 +1,8 @@
 """Flow matching on images with a U-Net: 8x8 digits by default, MNIST-5k or any prepared TFDS dataset.
 
-    fm-jax train --config experiments/configs/images.py --workdir workdirs/digits
-    fm-jax train --config experiments/configs/images.py --config.target=tfds:mnist5k --workdir workdirs/mnist5k
-    fm-jax train --config experiments/configs/images.py --config.method=otcfm --config.conditional=true \
+    fm-jax train --config images --workdir workdirs/digits
+    fm-jax train --config images --config.target=tfds:mnist5k --workdir workdirs/mnist5k
+    fm-jax train --config images --config.method=otcfm --config.conditional=true \
         --config.label_dropout=0.1 --workdir workdirs/digits_cfg
 
 Then `fm-jax sample --workdir W` writes a grid of samples (`--guidance W` for a conditional run),
@@ -16,16 +16,14 @@ other TFDS image dataset (tfds:mnist, tfds:cifar10, ...) must be prepared there 
 ArrayRecord format (`fm-jax prepare --dataset NAME` says how).
 """
 
-import pathlib
-
 import ml_collections
 
-from fm_jax.train.configs import load_config
+from fm_jax.configs import toy2d
 
 
 def get_config() -> ml_collections.ConfigDict:
     # The engine's sections (checkpoints, mesh, coupling scope, precision, distributed) as in toy2d.py.
-    config = load_config(pathlib.Path(__file__).with_name("toy2d.py"))
+    config = toy2d.get_config()
     config.method = "fm"
     config.sigma = 0.0
     # OT-CFM's exact solver: POT's network simplex on the host is the fast one on a CPU;

@@ -1,7 +1,7 @@
 """CIFAR-10 with the Flow Matching paper's recipe (Lipman et al. 2023, Table 3 and Sec. 6.1).
 
-    fm-jax train --config experiments/configs/cifar10_fm.py --workdir workdirs/cifar10_fm
-    fm-jax train --config experiments/configs/cifar10_fm.py --config.method=fm_vp --workdir workdirs/cifar10_fm_vp
+    fm-jax train --config cifar10_fm --workdir workdirs/cifar10_fm
+    fm-jax train --config cifar10_fm --config.method=fm_vp --workdir workdirs/cifar10_fm_vp
 
 Needs CIFAR-10 prepared once in ArrayRecord format under config.data.dir (`fm-jax prepare
 --dataset cifar10` prints the command). The recipe: the paper's U-Net (preset fm_cifar10:
@@ -12,13 +12,11 @@ Published (FM with the OT path): 2.99 bits/dim, FID 6.35, 142 NFE (Dopri5);
 with the VP diffusion path: 3.10 bits/dim, FID 8.06, 183 NFE. Not run here (no GPU time).
 """
 
-import pathlib
-
-from fm_jax.train.configs import load_config
+from fm_jax.configs import images
 
 
 def get_config():
-    config = load_config(pathlib.Path(__file__).with_name("images.py"))
+    config = images.get_config()
     config.method = "fm"
     config.sigma = 1e-4
     config.target = "tfds:cifar10"
