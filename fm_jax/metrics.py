@@ -24,7 +24,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ot
 
 from fm_jax.primitives import pairwise_sq_distances
 from fm_jax.solvers import SolverSpec, VectorField, sample
@@ -44,6 +43,8 @@ def w2(x: np.ndarray | jax.Array, y: np.ndarray | jax.Array) -> float:
         raise ValueError(
             f"Exact W2 is limited to {W2_MAX_POINTS} points a side (got {len(x)} and {len(y)}): subsample."
         )
+    import ot  # POT (and the scikit-learn it imports) loads when a W2 is first asked for
+
     cost = ot.dist(x, y, metric="sqeuclidean")
     a = np.full(len(x), 1.0 / len(x))
     b = np.full(len(y), 1.0 / len(y))
