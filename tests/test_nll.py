@@ -2,7 +2,6 @@
 
 import json
 import math
-import pathlib
 import shutil
 
 import jax
@@ -13,7 +12,7 @@ from fm_jax import cli, data, likelihood, solvers
 from fm_jax.train import load_run
 from fm_jax.train.nll import held_out_nll
 
-CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"
 
 
 @pytest.fixture(scope="module")

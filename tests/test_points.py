@@ -1,7 +1,6 @@
 """User-supplied point files as densities: loading, checks before compiling, training on them end to end."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import pytest
 from fm_jax import cli, data
 from fm_jax.data import points
 
-CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"
 SHORT = ["--config.num_steps=400", "--config.steps_per_call=100", "--config.log_every=200"]
 
 

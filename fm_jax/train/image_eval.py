@@ -15,6 +15,9 @@ energy and curvature are undefined, NaN) and its bits/dim use its exact log-like
 
 Held-out images are the first `num` of the run's evaluation split; the noise comes from the
 held-out streams of `fm_jax.train.held_out`.
+
+With `progress=True` each function writes a line on stderr saying what it computes and
+advances a bar over its batches of images (and, in `evaluate_images`, over the distance stages).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from fm_jax import fid, likelihood, metrics, solvers
 from fm_jax.primitives import padded_chunks
+from fm_jax.progress import announce, bar
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.held_out import NOISE, held_out_key
 from fm_jax.train.state import model_method
@@ -68,6 +72,7 @@ def sample_images(
     seed: int = 0,
     batch_size: int = 500,
     diffusion: float | None = None,
+    progress: bool = False,
 ) -> dict:
     """{"x0", "x1" (float, [-1, 1]-ish), "nfe" (mean), "path_energy", "curvature"} of `num` samples.
 
@@ -76,7 +81,38 @@ def sample_images(
     samples the SDE with g(t) = C s(t) instead (`solvers.sample_sde`, the score from the
     velocity of the run's path; `solver` then an SDE solver with fixed steps, e.g.
     `SolverSpec("euler", 100, sde=True)`); its path energy and curvature are not defined (NaN).
+    `progress`: a line and a bar over the batches of `batch_size` images on stderr.
     """
+    how = _how(run, solver, guidance, diffusion)
+    announce(f"sampling {num} images of {_what(run)} with {how}, in batches of {min(batch_size, num)}", progress)
+    with bar(-(-num // min(batch_size, num)), f"sampling images {how}", progress) as batches:
+        return _sample_images(run, num, solver, labels, guidance, seed, batch_size, diffusion, batches)
+
+
+def _what(run: Run) -> str:
+    return f"{run.spec.method.name} -> {run.spec.data.target}"
+
+
+def _how(run: Run, solver: SolverSpec, guidance: float | None, diffusion: float | None) -> str:
+    """How images are sampled, for progress lines: 'euler:100', 'the flow', 'SDE euler:100, C = 1, guidance 2'."""
+    if run.spec.method.model == "flow":
+        return "the flow (one shot)"
+    how = str(solver) if diffusion is None else f"SDE {solver}, C = {diffusion:g}"
+    return how if guidance is None else f"{how}, guidance {guidance:g}"
+
+
+def _sample_images(
+    run: Run,
+    num: int,
+    solver: SolverSpec,
+    labels: np.ndarray | None,
+    guidance: float | None,
+    seed: int,
+    batch_size: int,
+    diffusion: float | None,
+    batches,
+) -> dict:
+    """`sample_images`, advancing the tqdm bar `batches` once per batch."""
     _check_guidance(run, guidance)
     null = _null_label(run)
     if labels is not None and null is None:
@@ -87,7 +123,7 @@ def sample_images(
             raise ValueError(f"labels must be {num} integers in [0, {null - 1}], got shape {labels.shape}.")
     size = min(batch_size, num)
     if run.spec.method.model == "flow":
-        return _sample_flow(run, num, size, seed)
+        return _sample_flow(run, num, size, seed, batches)
     if diffusion is not None:
         path = run.spec.method.conditional_path(run.spec.loss.sigma)
 
@@ -111,6 +147,7 @@ def sample_images(
         nfe.append(int(m.nfe))
         energy.append(float(m.path_energy) * n)
         curvature.append(float(m.curvature) * n)
+        batches.update()
     return {
         "x0": x0,
         "x1": np.concatenate(out),
@@ -121,13 +158,15 @@ def sample_images(
     }
 
 
-def _sample_flow(run: Run, num: int, size: int, seed: int) -> dict:
+def _sample_flow(run: Run, num: int, size: int, seed: int, batches) -> dict:
     """`sample_images` of a normalizing-flow run: x1 = f^{-1}(sigma_f eps) in chunks of `size`."""
     sample = jax.jit(model_method(run.spec.model, "sample"), static_argnums=2)
     key = held_out_key(seed, NOISE)
-    x1 = np.concatenate(
-        [np.asarray(sample(run.params, jax.random.fold_in(key, i), size)) for i in range(-(-num // size))]
-    )[:num]
+    chunks = []
+    for i in range(-(-num // size)):
+        chunks.append(np.asarray(sample(run.params, jax.random.fold_in(key, i), size)))
+        batches.update()
+    x1 = np.concatenate(chunks)[:num]
     return {
         "x0": None,
         "x1": x1,
@@ -155,30 +194,55 @@ def evaluate_images(
     guidance: float | None = None,
     seed: int = 0,
     batch_size: int = 500,
+    progress: bool = False,
 ) -> dict:
-    """Per solver: pixel Fréchet distance, W2, NFE, normalized path energy and curvature; JSON-ready, keyed by `str(spec)`."""
+    """Per solver: pixel Fréchet distance, W2, NFE, normalized path energy and curvature; JSON-ready, keyed by `str(spec)`.
+
+    `progress`: a line, and a bar over the reference W2, each solver's batches of images, its
+    Fréchet distance and its W2, on stderr.
+    """
     _check_guidance(run, guidance)
     real, labels = held_out_images(run, num)
     num = len(real)
     from fm_jax.data import images
 
-    # The held-out images as training saw their kind: in [-1, 1], dequantized if training was.
-    real = np.asarray(
-        images.preprocess(held_out_key(seed + 2, NOISE), jnp.asarray(real), dequantize=run.spec.data.image.dequantize)
+    names = ", ".join(map(str, specs))
+    announce(
+        f"evaluating {len(specs)} solver(s) ({names}) of {_what(run)} on {num} held-out images: "
+        "pixel Fréchet distance, W2 (exact OT), path energy, curvature, NFE",
+        progress,
     )
-    noise = np.asarray(jax.random.normal(held_out_key(seed + 1, NOISE), real.shape))
-    w2_sq = metrics.w2(noise, real) ** 2
-    rows = {}
-    for spec in specs:
-        out = sample_images(run, num, spec, labels if _null_label(run) else None, guidance, seed, batch_size)
-        x = np.clip(out["x1"], -1.0, 1.0)
-        rows[str(spec)] = {
-            "fd_pixel": float(fid.pixel_frechet_distance(x, real)),
-            "w2": metrics.w2(x, real),
-            "nfe": out["nfe"],
-            "normalized_path_energy": float(metrics.normalized_path_energy(out["path_energy"], w2_sq)),
-            "curvature": out["curvature"],
-        }
+    size = min(batch_size, num)
+    total = 1 + len(specs) * (2 + (-(-num // size)))
+    with bar(total, "eval: reference W2(noise, data)", progress, unit="step") as stages:
+        # The held-out images as training saw their kind: in [-1, 1], dequantized if training was.
+        real = np.asarray(
+            images.preprocess(
+                held_out_key(seed + 2, NOISE), jnp.asarray(real), dequantize=run.spec.data.image.dequantize
+            )
+        )
+        noise = np.asarray(jax.random.normal(held_out_key(seed + 1, NOISE), real.shape))
+        w2_sq = metrics.w2(noise, real) ** 2
+        stages.update()
+        rows = {}
+        for spec in specs:
+            stages.set_description(f"eval {_how(run, spec, guidance, None)}: sampling")
+            cond = labels if _null_label(run) else None
+            out = _sample_images(run, num, spec, cond, guidance, seed, batch_size, None, stages)
+            x = np.clip(out["x1"], -1.0, 1.0)
+            stages.set_description(f"eval {spec}: Fréchet distance")
+            fd = float(fid.pixel_frechet_distance(x, real))
+            stages.update()
+            stages.set_description(f"eval {spec}: W2 (exact OT)")
+            rows[str(spec)] = {
+                "fd_pixel": fd,
+                "w2": metrics.w2(x, real),
+                "nfe": out["nfe"],
+                "normalized_path_energy": float(metrics.normalized_path_energy(out["path_energy"], w2_sq)),
+                "curvature": out["curvature"],
+            }
+            stages.update()
+        stages.set_description("eval: done")
     return _header(run, num) | {"guidance": guidance, "w2_sq_noise_data": w2_sq, "solvers": rows}
 
 
@@ -191,8 +255,12 @@ def image_nll(
     probe: str = "rademacher",
     seed: int = 0,
     batch_size: int = 250,
+    progress: bool = False,
 ) -> dict:
-    """Mean dequantized bits/dim of `num` held-out images with its standard error."""
+    """Mean dequantized bits/dim of `num` held-out images with its standard error.
+
+    `progress`: a line and a bar over the batches of `batch_size` images on stderr.
+    """
     x, labels = held_out_images(run, num)
     num, d = len(x), math.prod(x.shape[1:])
     null = _null_label(run)
@@ -214,12 +282,14 @@ def image_nll(
         return likelihood.dequantized_bits_per_dim(log_prob, x, k_deq)
 
     size = min(batch_size, num)
-    values = np.concatenate(
-        [
-            np.asarray(bits(chunk, cond, start // size))[:n]
-            for start, n, (chunk, cond) in padded_chunks(size, x, labels if null else None)
-        ]
-    )
+    how = "the flow's exact log-density" if flow else f"{divergence} divergence, {solver}"
+    announce(f"dequantized bits/dim of {num} held-out images under {_what(run)} ({how})", progress)
+    parts = []
+    with bar(-(-num // size), "NLL flow" if flow else f"NLL {divergence} divergence", progress) as batches:
+        for start, n, (chunk, cond) in padded_chunks(size, x, labels if null else None):
+            parts.append(np.asarray(bits(chunk, cond, start // size))[:n])
+            batches.update()
+    values = np.concatenate(parts)
     if not np.all(np.isfinite(values)):
         raise FloatingPointError(f"{int(np.sum(~np.isfinite(values)))} of {num} likelihoods are not finite.")
     return _header(run, num) | {
