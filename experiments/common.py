@@ -6,7 +6,10 @@
 - `optimizer_step`, `scanned_steps`: a bare optimizer step (no mesh, sharding, donation or EMA),
   the baseline the benchmarks compare the library's step with;
 - `config_with`, `train_rate`: a packaged config (fm_jax/configs) with overrides, trained;
-- `mean_std`: the mean and standard deviation over seeds.
+- `mean_std`: the mean and standard deviation over seeds;
+- `announce`, `bar`, `each`, `row`: what a script is about to do (a line on stderr), a tqdm bar on
+  stderr over its rows or runs (`each` iterates with one), and its result lines on stdout written
+  above the bar.
 
 The scripts run as files (`python experiments/bench/couplings.py`), and the tests import them by
 module name with their folder on `sys.path`; either way a script puts the repository root on
@@ -19,15 +22,18 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import optax
+from tqdm import tqdm
 
+from fm_jax import progress
 from fm_jax.train import apply_overrides, load_config, train
 
 
@@ -159,3 +165,27 @@ def mean_std(cells: Sequence[Mapping[str, float]], keys: Sequence[str] | None = 
         k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
         for k in (cells[0] if keys is None else keys)
     }
+
+
+def announce(line: str) -> None:
+    """What the script is about to do, one line on stderr (above a live bar)."""
+    progress.announce(line, True)
+
+
+def bar(total: int, desc: str, unit: str = "run") -> tqdm:
+    """A tqdm bar on stderr over the script's `total` rows or runs (a context manager)."""
+    return progress.bar(total, desc, True, unit)
+
+
+def each(items: Sequence[Any], desc: str, unit: str = "run") -> Iterator[Any]:
+    """The `items` one by one, with a bar on stderr that advances when the work on each is done."""
+    with bar(len(items), desc, unit) as done:
+        for item in items:
+            yield item
+            done.update()
+
+
+def row(line: str) -> None:
+    """A result line on stdout, written above the bar (a bare print would cut through it), flushed."""
+    tqdm.write(line)
+    sys.stdout.flush()

@@ -189,8 +189,13 @@ def plot(workdir: pathlib.Path, png: pathlib.Path, seed: int) -> None:
     plot_flow(png, sol.x, target.sample(k_tgt, 2000), sol.trajectory, f"{title}, NFE {int(sol.nfe)}")
 
 
-def run_task_seed(task: str, seed: int, args) -> dict:
-    """Every model of one task and seed: {row name: metrics}."""
+def models_per_task_seed(args) -> int:
+    """The rows of one task and seed: I-CFM, OT-CFM, fast-ode, reflow, and a flow and an NFM per eta."""
+    return 4 + 2 * len(args.etas)
+
+
+def run_task_seed(task: str, seed: int, args, done=None) -> dict:
+    """Every model of one task and seed: {row name: metrics}; `done()` after each (a bar's update)."""
     images = data.is_image_spec(task)
     w2_sq = None if images else reference_w2_sq(*task.split(":"), args.num, seed=1000 + seed)
     cells = {}
@@ -200,11 +205,14 @@ def run_task_seed(task: str, seed: int, args) -> dict:
         else:
             root = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
 
+        advance = done or (lambda: None)
+
         def do(name, method, **extra):
             done = root / name / CELL
             if done.is_file():  # measured by an earlier, interrupted run of the table
                 cells[name] = json.loads(done.read_text())
-                print(task, f"seed {seed}", name, "measured before:", done, flush=True)
+                common.row(f"{task} seed {seed} {name} measured before: {done}")
+                advance()
                 return
             summary = root / name / "summary.json"  # written when a run finishes
             # A finished run is measured again; an interrupted one resumes from its checkpoint.
@@ -215,12 +223,13 @@ def run_task_seed(task: str, seed: int, args) -> dict:
             )
             cells[name] = measure(root / name, seed, w2_sq, args) | {"steps_per_s": rate}
             done.write_text(json.dumps(cells[name]))
-            print(task, f"seed {seed}", name, {k: round(v, 4) for k, v in cells[name].items()}, flush=True)
+            common.row(f"{task} seed {seed} {name} { ({k: round(v, 4) for k, v in cells[name].items()}) }")
             if args.plots:
                 folder = pathlib.Path(args.plots)
                 folder.mkdir(parents=True, exist_ok=True)
                 tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in f"{task}_{seed}_{name}")
                 plot(root / name, folder / f"{tag}.png", seed)
+            advance()
 
         do("icfm", "icfm")
         do("otcfm", "otcfm")
@@ -379,7 +388,17 @@ def main(argv=None):
         out.with_suffix(".md").write_text(text)
         print(text)
         return saved["table"]
-    by_seed = {task: [run_task_seed(task, seed, args) for seed in range(args.seeds)] for task in args.tasks}
+    total = len(args.tasks) * args.seeds * models_per_task_seed(args)
+    common.announce(
+        f"distillation table: {total} models ({models_per_task_seed(args)} per task and seed: I-CFM, OT-CFM, "
+        f"fast-ode, reflow, a flow and an NFM per eta {args.etas}) on {', '.join(args.tasks)}, {args.seeds} seed(s), "
+        f"each {args.steps} training steps, then measured; writing {out}"
+    )
+    with common.bar(total, "distill table", "model") as models_done:
+        by_seed = {
+            task: [run_task_seed(task, seed, args, models_done.update) for seed in range(args.seeds)]
+            for task in args.tasks
+        }
     table = {
         task: {name: common.mean_std([c[name] for c in cells]) for name in cells[0]} for task, cells in by_seed.items()
     }

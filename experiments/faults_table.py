@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from tqdm import tqdm
+
 CONFIG = "toy2d"  # the packaged config, fm_jax/configs/toy2d.py
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 BASE = [
@@ -347,31 +349,38 @@ def main() -> None:
     args = parser.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="fm_jax_faults_"))
     reference_dir = tmp / "reference"
+    tqdm.write(
+        f"faults table: a reference run of 600 steps, then each fault through the CLI; writing {args.out}", sys.stderr
+    )
     run(cmd(reference_dir))
     reference = params(reference_dir)
     REF_LOG.extend(round(line["loss"], 9) for line in log_lines(reference_dir))
     rows = {}
-    for name, fn in [
-        ("damaged newest: truncated file", lambda: damaged(tmp, reference, "truncated")),
-        ("damaged newest: partial step dir", lambda: damaged(tmp, reference, "partial step dir")),
-        ("damaged newest: data position edited", lambda: damaged(tmp, reference, "data position edited")),
-        ("all checkpoints damaged", lambda: all_damaged(tmp, reference)),
-        ("20 single-bit flips", lambda: bit_flips(tmp, reference_dir)),
-        ("SIGTERM to 2 processes at once", lambda: staggered(tmp, 0.0)),
-        ("SIGTERM to 2 processes 1.5 s apart", lambda: staggered(tmp, 1.5)),
-        ("two runs on one workdir", lambda: two_writers(tmp)),
-        ("model fails to build, then fixed", lambda: model_fails(tmp)),
-        ("point file changed", lambda: changed_data(tmp)),
-        ("SIGTERM, then resume", lambda: sigterm_resume(tmp)),
-        ("NaN loss, log_every 200000", lambda: nan_stop(tmp)),
-        ("SIGTERM in a 100-step call of a slow step", lambda: slow_stop(tmp)),
-        ("small ones", lambda: small(tmp, reference_dir)),
-    ]:
-        if args.only and not any(word in name for word in args.only):
-            continue
+    faults = [
+        (name, fn)
+        for name, fn in [
+            ("damaged newest: truncated file", lambda: damaged(tmp, reference, "truncated")),
+            ("damaged newest: partial step dir", lambda: damaged(tmp, reference, "partial step dir")),
+            ("damaged newest: data position edited", lambda: damaged(tmp, reference, "data position edited")),
+            ("all checkpoints damaged", lambda: all_damaged(tmp, reference)),
+            ("20 single-bit flips", lambda: bit_flips(tmp, reference_dir)),
+            ("SIGTERM to 2 processes at once", lambda: staggered(tmp, 0.0)),
+            ("SIGTERM to 2 processes 1.5 s apart", lambda: staggered(tmp, 1.5)),
+            ("two runs on one workdir", lambda: two_writers(tmp)),
+            ("model fails to build, then fixed", lambda: model_fails(tmp)),
+            ("point file changed", lambda: changed_data(tmp)),
+            ("SIGTERM, then resume", lambda: sigterm_resume(tmp)),
+            ("NaN loss, log_every 200000", lambda: nan_stop(tmp)),
+            ("SIGTERM in a 100-step call of a slow step", lambda: slow_stop(tmp)),
+            ("small ones", lambda: small(tmp, reference_dir)),
+        ]
+        if not args.only or any(word in name for word in args.only)
+    ]
+    for name, fn in tqdm(faults, desc="faults table", unit="fault", file=sys.stderr, dynamic_ncols=True):
         began = time.monotonic()
         rows[name] = fn()
-        print(f"{name} ({time.monotonic() - began:.0f} s): {json.dumps(rows[name])}", flush=True)
+        tqdm.write(f"{name} ({time.monotonic() - began:.0f} s): {json.dumps(rows[name])}")
+        sys.stdout.flush()
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.only and out.exists():  # a partial rerun updates its rows of an earlier table

@@ -116,10 +116,15 @@ def main(argv=None):
     parser.add_argument("--out", default="results/images.json")
     args = parser.parse_args(argv)
     table = {dataset: {} for dataset in args.datasets}
-    for dataset in args.datasets:
-        for method in args.methods:
-            table[dataset][method] = cell = run_cell(dataset, method, args)
-            print(dataset, method, json.dumps(cell), flush=True)
+    cells = [(dataset, method) for dataset in args.datasets for method in args.methods]
+    common.announce(
+        f"images table: {len(cells)} cells ({', '.join(args.methods)} on {', '.join(args.datasets)}), each "
+        f"{args.steps} training steps of U-Net {args.preset}, then FD/W2 with {', '.join(args.solvers)} and "
+        f"bits/dim on {args.num} held-out images; writing {args.out}"
+    )
+    for dataset, method in common.each(cells, "images table", "cell"):
+        table[dataset][method] = cell = run_cell(dataset, method, args)
+        common.row(f"{dataset} {method} {json.dumps(cell)}")
     machine = common.machine(devices=True)
     common.write_result(
         {"machine": machine, "args": vars(args), "table": table}, args.out, markdown(table, machine, args)

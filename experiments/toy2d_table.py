@@ -66,16 +66,23 @@ def run_cell(method: str, source: str, target: str, seed: int, w2_sq: float, arg
     return cell
 
 
-def run_task_seed(task: str, seed: int, args) -> dict:
-    """Every method's cell for one task and seed, sharing the reference W2 of the task."""
+def methods_of(task: str, args) -> list[str]:
+    """The methods with a cell on `task` (FM and others that need a Gaussian source skip the rest)."""
+    source = task.split(":")[0]
+    return [m for m in args.methods if source == "normal" or not METHODS[m].normal_source_only]
+
+
+def run_task_seed(task: str, seed: int, args, done=None) -> dict:
+    """Every method's cell for one task and seed, sharing the reference W2 of the task; `done()`
+    after each cell (a progress bar's update)."""
     source, target = task.split(":")
     w2_sq = reference_w2_sq(source, target, args.num, seed=1000 + seed)
     cells = {}
-    for method in args.methods:
-        if METHODS[method].normal_source_only and source != "normal":
-            continue
+    for method in methods_of(task, args):
         cells[method] = run_cell(method, source, target, seed, w2_sq, args)
-        print(task, method, f"seed {seed}", {k: round(v, 4) for k, v in cells[method].items()}, flush=True)
+        common.row(f"{task} {method} seed {seed} { ({k: round(v, 4) for k, v in cells[method].items()}) }")
+        if done is not None:
+            done()
     return cells
 
 
@@ -125,14 +132,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     groups = [(task, seed) for task in args.tasks for seed in range(args.seeds)]
-    if args.workers > 1:
-        # Separate processes (spawned: JAX is not fork-safe), each training and evaluating whole cells.
-        with concurrent.futures.ProcessPoolExecutor(
-            args.workers, mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            results = list(pool.map(run_task_seed, *zip(*groups), [args] * len(groups)))
-    else:
-        results = [run_task_seed(task, seed, args) for task, seed in groups]
+    total = sum(len(methods_of(task, args)) for task, _ in groups)
+    common.announce(
+        f"toy2d table: {total} cells ({', '.join(args.methods)} on {', '.join(args.tasks)}, {args.seeds} seed(s)), "
+        f"each {args.steps} training steps, then W2 on {args.num} samples with {', '.join(SOLVERS)}; "
+        f"{args.workers} worker(s); writing {args.out}"
+    )
+    with common.bar(total, "toy2d table", "cell") as cells_done:
+        if args.workers > 1:
+            # Separate processes (spawned: JAX is not fork-safe), each training and evaluating whole cells.
+            with concurrent.futures.ProcessPoolExecutor(
+                args.workers, mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
+                results = []
+                for cells in pool.map(run_task_seed, *zip(*groups), [args] * len(groups)):
+                    results.append(cells)
+                    cells_done.update(len(cells))
+        else:
+            results = [run_task_seed(task, seed, args, cells_done.update) for task, seed in groups]
     by_group = dict(zip(groups, results))
     table = {}
     for task in args.tasks:

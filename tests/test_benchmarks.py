@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import re
 import time
 
 import pytest
@@ -21,6 +22,25 @@ def bench(name, monkeypatch):
     """A script of experiments/bench, imported as the tests and its own worker processes do."""
     monkeypatch.syspath_prepend(str(BENCH))
     return importlib.import_module(name)
+
+
+def said(err: str, line: str, desc: str, total: int) -> bool:
+    """Whether stderr holds the script's start line and its bar `desc` drawn at total/total."""
+    return line in err and re.search(re.escape(desc) + rf"[^\r\n]*\b{total}/{total}\b", err) is not None
+
+
+def test_progress_helpers_say_what_runs_and_count_it_done(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    common = importlib.import_module("experiments.common")
+    common.announce("three things to do")
+    seen = []
+    for item in common.each(["a", "b", "c"], "things", "thing"):
+        seen.append(item)
+        common.row(f"did {item}")
+    captured = capsys.readouterr()
+    assert seen == ["a", "b", "c"] and "three things to do" in captured.err
+    assert re.search(r"things: 100%[^\r\n]*3/3", captured.err)
+    assert captured.out == "did a\ndid b\ndid c\n"  # results on stdout, the bar and the line on stderr
 
 
 def test_timing_loops_measure_calls_of_known_length(monkeypatch):
@@ -99,9 +119,10 @@ def test_train_speed_ratios_are_step_time_ratios(tmp_path, monkeypatch):
     assert [m["icfm_over_bare_time"] for m in result["models"]] == pytest.approx([3.0, 4.0])
 
 
-def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkeypatch):
+def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkeypatch, capsys):
     out = tmp_path / "couplings.json"
     bench("couplings", monkeypatch).main(["--sizes", "16", "--dims", "2", "--out", str(out)])
+    assert said(capsys.readouterr().err, "couplings bench: every coupling timed on 1 size(s)", "couplings bench", 1)
     (row,) = json.loads(out.read_text())["rows"]
     # ExactOT reaches SciPy's optimum; an entropic plan cannot beat it.
     assert abs(row["exact_gap"]) < 1e-5 and row["sinkhorn_gap"] > -1e-6
@@ -248,11 +269,13 @@ def test_unet_bench_times_each_step_by_its_median_call(monkeypatch):
     assert 0.01 <= medians["short"] < 0.04 and 0.05 <= medians["long"] < 0.08
 
 
-def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_path, monkeypatch):
+def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_path, monkeypatch, capsys):
     out = tmp_path / "sampling.json"
-    bench("sampling", monkeypatch).main(
-        ["--steps", "3", "--seconds", "0.01", "--train-steps", "100", "--out", str(out)]
-    )
+    module = bench("sampling", monkeypatch)
+    module.main(["--steps", "3", "--seconds", "0.01", "--train-steps", "100", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert said(err, "sampling bench: Diffrax's Euler against a lax.scan loop", "Diffrax Euler against a scan", 2)
+    assert said(err, "", "NFE per tolerance", len(module.ADAPTIVE) * len(module.TOLERANCES))
     result = json.loads(out.read_text())
     # Diffrax's Euler and the hand-written loop compute the same steps (up to the rounding of t).
     assert all(r["max_abs_difference"] < 1e-5 for r in result["euler"]) and len(result["euler"]) == 2
@@ -261,9 +284,10 @@ def test_sampling_bench_matches_the_scan_loop_and_counts_nfe_per_tolerance(tmp_p
     assert "| mlp_784 | 1,000 | 3 |" in out.with_suffix(".md").read_text()
 
 
-def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path, monkeypatch):
+def test_teacher_cost_bench_times_both_teachers_in_step_and_precomputed(tmp_path, monkeypatch, capsys):
     out = tmp_path / "teacher_cost.json"
     bench("teacher_cost", monkeypatch).main(["--steps", "20", "--batch", "32", "--pairs", "100", "--out", str(out)])
+    assert said(capsys.readouterr().err, "teacher cost bench: two teachers", "teacher cost bench", 8)
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["reflow (Dopri5 1e-4)", "nfm (RealNVP)"]
     for r in rows.values():

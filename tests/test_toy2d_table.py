@@ -3,13 +3,14 @@
 import importlib
 import json
 import pathlib
+import re
 
 import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
 
 
-def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
+def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     # Importable by name, as the spawned worker processes re-import it.
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     module = importlib.import_module("toy2d_table")
@@ -34,6 +35,10 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
             str(out),
         ]
     )
+    err = capsys.readouterr().err
+    # Three cells (FM has none on moons -> 8gaussians), counted on one bar as the workers finish them.
+    assert "toy2d table: 3 cells (icfm, fm on moons:8gaussians, normal:moons, 1 seed(s))" in err
+    assert re.search(r"toy2d table[^\r\n]*3/3", err)
     table = json.loads(out.read_text())["table"]
     assert table["moons:8gaussians"]["fm"] is None
     cell = table["normal:moons"]["fm"]
@@ -43,7 +48,7 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch):
     assert "| fm | n/a" in md and "normal → moons" in md
 
 
-def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, monkeypatch):
+def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
     out = tmp_path / "images.json"
     importlib.import_module("images_table").main(
@@ -72,13 +77,15 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
             str(tmp_path / "grids"),
         ]
     )
+    err = capsys.readouterr().err
+    assert "images table: 1 cells (fm on digits)" in err and re.search(r"images table[^\r\n]*1/1", err)
     assert (tmp_path / "grids" / "digits_fm.png").is_file()
     cell = json.loads(out.read_text())["table"]["digits"]["fm"]
     assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
     assert "| digits | fm |" in out.with_suffix(".md").read_text()
 
 
-def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch):
+def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     out = tmp_path / "distill.json"
     args = [
@@ -102,6 +109,8 @@ def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_pa
         str(tmp_path / "runs"),
     ]
     table = importlib.import_module("distill_table").main(args)
+    err = capsys.readouterr().err
+    assert "distillation table: 6 models (6 per task and seed" in err and re.search(r"distill table[^\r\n]*6/6", err)
     rows = json.loads(out.read_text())["table"]["normal:moons"]
     assert list(rows) == ["icfm", "otcfm", "fastode", "reflow", "flow (eta=0.1)", "nfm (eta=0.1)"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(

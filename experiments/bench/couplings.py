@@ -126,12 +126,13 @@ def main(argv=None):
     ]
     print(f"{'n':>5} {'d':>5} " + " ".join(f"{c:>20}" for c in cols))
     rows = []
-    for d in args.dims:
-        for n in args.sizes:
-            row = bench(n, d, args.skip_exact_above)
-            rows.append(row)
-            cells = [f"{row[c]:>20.4g}" if c in row else f"{'-':>20}" for c in cols]
-            print(f"{n:>5} {d:>5} " + " ".join(cells), flush=True)
+    sizes = [(d, n) for d in args.dims for n in args.sizes]
+    common.announce(f"couplings bench: every coupling timed on {len(sizes)} size(s) (n x d); writing {args.out}")
+    for d, n in common.each(sizes, "couplings bench", "size"):
+        row = bench(n, d, args.skip_exact_above)
+        rows.append(row)
+        cells = [f"{row[c]:>20.4g}" if c in row else f"{'-':>20}" for c in cols]
+        common.row(f"{n:>5} {d:>5} " + " ".join(cells))
     common.write_result(
         {"machine": machine, "command": "python experiments/bench/couplings.py", "rows": rows},
         args.out,

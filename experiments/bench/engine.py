@@ -93,7 +93,11 @@ def main(argv=None):
         print(json.dumps(measure(args.devices[0], args.method, args.batch, args.steps_per_call, args.seconds)))
         return
     rows = []
-    for devices in args.devices:
+    common.announce(
+        f"engine bench: {args.method} at batch {args.batch}, the bare step against the engine's, "
+        f"{args.seconds:g} s each, on {args.devices} device(s), one process per device count; writing {args.out}"
+    )
+    for devices in common.each(args.devices, "engine bench", "device count"):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         cmd = [
             sys.executable,
@@ -113,10 +117,9 @@ def main(argv=None):
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
-        print(
+        common.row(
             f"{devices} device(s): bare {r['bare_steps_per_s']:.0f} steps/s, engine {r['engine_steps_per_s']:.0f} "
-            f"steps/s ({r['engine_over_bare_time']:.3f}x the bare step's time), {r['examples_per_s']:.0f} examples/s",
-            flush=True,
+            f"steps/s ({r['engine_over_bare_time']:.3f}x the bare step's time), {r['examples_per_s']:.0f} examples/s"
         )
     common.write_result(
         {

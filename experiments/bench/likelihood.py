@@ -70,14 +70,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 
+    common.announce(
+        f"likelihood bench: every divergence timed against encoding alone on dimensions {args.dims}, "
+        f"{args.seconds:g} s each; writing {args.out}"
+    )
     print(f"{'d':>5} {'variant':<14} {'points/s':>12} {'x encode':>9} {'compile s':>10}")
     rows = []
-    for d in args.dims:
+    for d in common.each(args.dims, "likelihood bench", "dimension"):
         row = bench(d, args.batch, args.width, args.depth, args.steps, args.chunk, args.seconds)
         rows.append(row)
         for name, rate in row["points_per_s"].items():
             ratio = row["time_over_encode"].get(name, 1.0)
-            print(f"{d:>5} {name:<14} {rate:>12.1f} {ratio:>9.2f} {row['compile_s'][name]:>10.2f}")
+            common.row(f"{d:>5} {name:<14} {rate:>12.1f} {ratio:>9.2f} {row['compile_s'][name]:>10.2f}")
     result = {
         "machine": common.machine_info(device=str(jax.devices()[0].device_kind)),
         "args": vars(args),

@@ -52,27 +52,30 @@ def scan_euler(vf, x0, steps: int):
 
 def euler_rows(steps: list[int], seconds: float) -> list[dict]:
     rows = []
-    for name, (dim, width, depth, points) in FIELDS.items():
-        apply, params = functional(MLP(dim, width, depth, rngs=nnx.Rngs(0)))
-        vf = solvers.velocity_field(apply, params)
-        x0 = jax.random.normal(jax.random.key(0), (points, dim))
-        for n in steps:
-            diffrax_fn = jax.jit(lambda x, n=n: solvers.sample(vf, x, "euler", steps=n).x)
-            scan_fn = jax.jit(lambda x, n=n: scan_euler(vf, x, n))
-            t_diffrax, t_scan = seconds_per_call(diffrax_fn, x0, seconds), seconds_per_call(scan_fn, x0, seconds)
-            gap = float(jnp.max(jnp.abs(diffrax_fn(x0) - scan_fn(x0))))
-            rows.append(
-                {
-                    "field": name,
-                    "points": points,
-                    "steps": n,
-                    "diffrax_s": t_diffrax,
-                    "scan_s": t_scan,
-                    "diffrax_over_scan": t_diffrax / t_scan,
-                    "max_abs_difference": gap,
-                }
-            )
-            print(rows[-1], flush=True)
+    with common.bar(len(FIELDS) * len(steps), "Diffrax Euler against a scan", "case") as done:
+        for name, (dim, width, depth, points) in FIELDS.items():
+            apply, params = functional(MLP(dim, width, depth, rngs=nnx.Rngs(0)))
+            vf = solvers.velocity_field(apply, params)
+            x0 = jax.random.normal(jax.random.key(0), (points, dim))
+            for n in steps:
+                diffrax_fn = jax.jit(lambda x, n=n: solvers.sample(vf, x, "euler", steps=n).x)
+                scan_fn = jax.jit(lambda x, n=n: scan_euler(vf, x, n))
+                t_diffrax = seconds_per_call(diffrax_fn, x0, seconds)
+                t_scan = seconds_per_call(scan_fn, x0, seconds)
+                gap = float(jnp.max(jnp.abs(diffrax_fn(x0) - scan_fn(x0))))
+                rows.append(
+                    {
+                        "field": name,
+                        "points": points,
+                        "steps": n,
+                        "diffrax_s": t_diffrax,
+                        "scan_s": t_scan,
+                        "diffrax_over_scan": t_diffrax / t_scan,
+                        "max_abs_difference": gap,
+                    }
+                )
+                common.row(str(rows[-1]))
+                done.update()
     return rows
 
 
@@ -93,12 +96,12 @@ def tolerance_rows(train_steps: int) -> list[dict]:
     x0 = jax.random.normal(jax.random.key(1), (2000, 2))
     reference = jax.jit(lambda x: solvers.sample(vf, x, "dopri5", rtol=1e-8, atol=1e-8, max_steps=100_000).x)(x0)
     rows = []
-    for name in ADAPTIVE:
-        for tol in TOLERANCES:
-            sol = jax.jit(lambda x, name=name, tol=tol: solvers.sample(vf, x, name, rtol=tol, atol=tol))(x0)
-            error = float(jnp.sqrt(jnp.mean(jnp.sum((sol.x - reference) ** 2, axis=1))))
-            rows.append({"solver": name, "tol": tol, "nfe": int(sol.nfe), "rms_error": error})
-            print(rows[-1], flush=True)
+    cases = [(name, tol) for name in ADAPTIVE for tol in TOLERANCES]
+    for name, tol in common.each(cases, "NFE per tolerance", "case"):
+        sol = jax.jit(lambda x, name=name, tol=tol: solvers.sample(vf, x, name, rtol=tol, atol=tol))(x0)
+        error = float(jnp.sqrt(jnp.mean(jnp.sum((sol.x - reference) ** 2, axis=1))))
+        rows.append({"solver": name, "tol": tol, "nfe": int(sol.nfe), "rms_error": error})
+        common.row(str(rows[-1]))
     return rows
 
 
@@ -133,6 +136,11 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--out", default="results/sampling.json")
     args = parser.parse_args(argv)
+    common.announce(
+        f"sampling bench: Diffrax's Euler against a lax.scan loop ({len(FIELDS)} fields x steps {args.steps}), then an "
+        f"I-CFM run of {args.train_steps} steps sampled by {', '.join(ADAPTIVE)} at {len(TOLERANCES)} tolerances; "
+        f"writing {args.out}"
+    )
     result = {
         "machine": common.machine(),
         "args": vars(args),

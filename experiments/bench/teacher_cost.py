@@ -73,16 +73,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="results/teacher_cost.json")
     args = parser.parse_args(argv)
     rows = {}
-    with tempfile.TemporaryDirectory() as root:
+    common.announce(
+        f"teacher cost bench: two teachers (I-CFM, a RealNVP flow), then reflow and NFM students with the teacher in "
+        f"the step and with {args.pairs} precomputed pairs, {args.steps} steps each (8 runs); writing {args.out}"
+    )
+    with tempfile.TemporaryDirectory() as root, common.bar(8, "teacher cost bench") as done:
         root = pathlib.Path(root)
         icfm = steps_per_s(config_for(args, method="icfm"), root / "icfm")
+        done.update()
         steps_per_s(config_for(args, method="flow", **{"flow.noise": 0.05}), root / "flow")
+        done.update()
         for name, method, teacher in (("reflow (Dopri5 1e-4)", "reflow", "icfm"), ("nfm (RealNVP)", "nfm", "flow")):
             fields = {"method": method, "teacher.workdir": root / teacher}
             in_step = steps_per_s(config_for(args, **fields), root / f"{method}_in_step")
+            done.update()
             pre = config_for(args, **fields, **{"teacher.precompute": args.pairs})
             seconds = pairs_seconds(pre, args.pairs)
+            done.update()
             precomputed = steps_per_s(pre, root / f"{method}_precomputed")
+            done.update()
             saved = 1 / in_step - 1 / precomputed
             rows[name] = {
                 "icfm_steps_per_s": icfm,
@@ -92,7 +101,9 @@ def main(argv=None) -> dict:
                 "pairs_seconds": seconds,
                 "break_even_steps": seconds / saved if saved > 0 else None,
             }
-            print(name, {k: v if v is None else round(v, 3) for k, v in rows[name].items()}, flush=True)  # None: never
+            common.row(
+                f"{name} { ({k: v if v is None else round(v, 3) for k, v in rows[name].items()}) }"
+            )  # None: never
     machine = common.machine()
     common.write_result({"machine": machine, "args": vars(args), "rows": rows}, args.out, markdown(rows, machine, args))
     return rows

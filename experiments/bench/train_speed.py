@@ -95,10 +95,9 @@ def loss_over_bare(dim: int, width: int, precision: str, n: int, steps_per_call:
         "steps_per_s": rates,
         "icfm_over_bare_time": rates["bare"] / rates["icfm"],
     }
-    print(
+    common.row(
         f"MLP {dim}-d x {width} {precision:<9} bare {rates['bare']:9.1f}  icfm {rates['icfm']:9.1f} steps/s  "
-        f"ratio {row['icfm_over_bare_time']:.3f}x",
-        flush=True,
+        f"ratio {row['icfm_over_bare_time']:.3f}x"
     )
     return row
 
@@ -154,9 +153,13 @@ def main(argv=None):
         "otcfm_hungarian": driver("otcfm", "hungarian"),
     }
     rates = {}
-    for name, fn in variants.items():
-        rates[name] = steps_per_second(fn, params, args.steps_per_call, args.seconds)
-        print(f"{name:<28} {rates[name]:>9.1f} steps/s", flush=True)
+    common.announce(
+        f"train speed bench: {len(variants)} step variants and the host assignment, {args.seconds:g} s each, then "
+        f"the loss against the bare step for {len(args.dims) * len(args.precisions)} models; writing {args.out}"
+    )
+    for name in common.each(list(variants), "step variants", "variant"):
+        rates[name] = steps_per_second(variants[name], params, args.steps_per_call, args.seconds)
+        common.row(f"{name:<28} {rates[name]:>9.1f} steps/s")
     rates["assignment_network_simplex"] = assignments_per_second(x, y, args.steps_per_call, args.seconds)
     print(f"{'assignment_network_simplex':<28} {rates['assignment_network_simplex']:>9.1f} calls/s", flush=True)
     ratios = {
@@ -171,8 +174,9 @@ def main(argv=None):
         print(f"{name:<44} {value:.2f}x")
     models = [
         loss_over_bare(dim, 64 if dim == 2 else args.wide_width, precision, n, args.steps_per_call, args.seconds)
-        for dim in args.dims
-        for precision in args.precisions
+        for dim, precision in common.each(
+            [(dim, precision) for dim in args.dims for precision in args.precisions], "loss over bare", "model"
+        )
     ]
     common.write_result(
         {

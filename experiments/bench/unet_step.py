@@ -75,7 +75,11 @@ def main(argv=None):
         "machine": common.machine(devices=True),
         "precisions": {},
     }
-    for precision in args.precisions:
+    common.announce(
+        f"U-Net step bench: preset {args.preset} on {shape} at batch {n}, the bare step against the loss's, "
+        f"{args.calls} timed calls each, in {', '.join(args.precisions)}; writing {args.out}"
+    )
+    for precision in common.each(args.precisions, "U-Net step bench", "precision"):
         net = mixed_precision(apply, precision)
         variants = {
             "bare": lambda p, i: jax.grad(lambda p: jnp.mean((net(p, t, x, None) - x1) ** 2))(p),
@@ -97,12 +101,11 @@ def main(argv=None):
             row[f"{name}_tflop_per_s"] = row[f"{name}_gflop"] / row[f"{name}_step_s"] / 1e3
         row["loss_over_bare_time"] = row["loss_step_s"] / row["bare_step_s"]
         result["precisions"][precision] = row
-        print(
+        common.row(
             f"{precision}: bare {row['bare_step_s'] * 1e3:.1f} ms, loss {row['loss_step_s'] * 1e3:.1f} ms "
             f"({row['loss_over_bare_time']:.3f}x), {row['loss_images_per_s']:.0f} images/s, "
             f"{row['loss_gflop']:.0f} GFLOP/step, {row['loss_tflop_per_s']:.2f} TFLOP/s, "
-            f"compile {row['loss_compile_s']:.1f} s",
-            flush=True,
+            f"compile {row['loss_compile_s']:.1f} s"
         )
     common.write_result(result, args.out)
 

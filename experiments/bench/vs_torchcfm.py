@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The first run in a process pays one-off costs (thread pools, allocations): one short,
     # unreported run of each side first, so that every reported row is a steady-state one.
+    runs = [(task, method, seed) for task in args.tasks for method in args.methods for seed in range(args.seeds)]
+    common.announce(
+        f"fm_jax against torchcfm: {len(runs)} runs ({', '.join(args.methods)} on {', '.join(args.tasks)}, "
+        f"{args.seeds} seed(s)), {args.steps} steps on each side, W2 on {args.num} samples; writing {args.out}"
+    )
     source, target = args.tasks[0].split(":")
     run_fm_jax(args.methods[0], source, target, 200, 100, 0)
     run_torch(args.methods[0], source, target, 200, 100, 0, args.torch_threads)
@@ -172,31 +177,28 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'W2 torchcfm':>11} {'W2 fm_jax':>9}"
     )
     print(header)
-    for task in args.tasks:
+    for task, method, seed in common.each(runs, "fm_jax against torchcfm"):
         source, target = task.split(":")
-        for method in args.methods:
-            for seed in range(args.seeds):
-                reference = np.asarray(toy2d.sample(jax.random.key(2000 + seed), target, args.num))
-                ours = run_fm_jax(method, source, target, args.steps, args.num, seed)
-                theirs = run_torch(method, source, target, args.steps, args.num, seed, args.torch_threads)
-                row = {
-                    "task": task,
-                    "method": method,
-                    "seed": seed,
-                    "steps": args.steps,
-                    "torchcfm_steps_per_s": theirs["steps_per_s"],
-                    "fm_jax_steps_per_s": ours["steps_per_s"],
-                    "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
-                    "torchcfm_w2": metrics.w2(theirs["samples"], reference),
-                    "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
-                    "torch_threads": theirs["threads"],
-                }
-                rows.append(row)
-                print(
-                    f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
-                    f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}",
-                    flush=True,
-                )
+        reference = np.asarray(toy2d.sample(jax.random.key(2000 + seed), target, args.num))
+        ours = run_fm_jax(method, source, target, args.steps, args.num, seed)
+        theirs = run_torch(method, source, target, args.steps, args.num, seed, args.torch_threads)
+        row = {
+            "task": task,
+            "method": method,
+            "seed": seed,
+            "steps": args.steps,
+            "torchcfm_steps_per_s": theirs["steps_per_s"],
+            "fm_jax_steps_per_s": ours["steps_per_s"],
+            "speedup": ours["steps_per_s"] / theirs["steps_per_s"],
+            "torchcfm_w2": metrics.w2(theirs["samples"], reference),
+            "fm_jax_w2": metrics.w2(np.asarray(ours["samples"]), reference),
+            "torch_threads": theirs["threads"],
+        }
+        rows.append(row)
+        common.row(
+            f"{task:<18} {method:<6} {row['torchcfm_steps_per_s']:>16.0f} {row['fm_jax_steps_per_s']:>14.0f} "
+            f"{row['speedup']:>7.1f}x {row['torchcfm_w2']:>11.3f} {row['fm_jax_w2']:>9.3f}"
+        )
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": common.machine_info(
