@@ -293,7 +293,7 @@ def _flow_1d(axes, samples, target, traj, ts) -> list:
         ax.plot(t, traj[:, :, 0], lw=0.4, alpha=0.5, c=PATH_COLOR, gid="paths")
         ax.scatter(np.full(traj.shape[1], t[0]), traj[0, :, 0], s=6, c=SOURCE_COLOR, zorder=3, gid="source")
         ax.scatter(np.full(traj.shape[1], t[-1]), traj[-1, :, 0], s=6, c=SAMPLE_COLOR, zorder=3, gid="samples")
-        ax.set_xlabel("t (source at 0, samples at 1)" if ts is not None else "saved step, rescaled to [0, 1]")
+        ax.set_xlabel("t (source at 0, samples at 1)" if ts is not None else "t (saves taken as equally spaced)")
         ax.set_ylabel("x")
         ax.set_title("trajectories, source to samples", fontsize=10)
         handles[1:1] = [
@@ -335,11 +335,19 @@ def density_figure(xs, ys, model_log_prob, true_log_prob=None, title: str = "") 
     pooled = np.concatenate([p[np.isfinite(p)] for _, p in panels])
     vmax = float(np.percentile(pooled, 99.5)) if len(pooled) else 1.0
     vmax = vmax if vmax > 0 else 1.0
-    # Panels as wide as tall as the grid is (equal axes), plus room for the title, labels and colorbar.
-    aspect = float(np.clip(abs(ys[-1] - ys[0]) / max(abs(xs[-1] - xs[0]), 1e-12), 0.3, 3.0))
+    # Laid out by hand, in inches, so that the axes (equal scales) and the colorbar are the same
+    # height: panels `side` wide and as tall as the grid is for its width, with room for labels.
+    extent = [abs(v[-1] - v[0]) * len(v) / max(len(v) - 1, 1) for v in (xs, ys)]  # to the outer cells' edges
+    aspect = float(np.clip(extent[1] / max(extent[0], 1e-12), 0.3, 3.0))
     side = 4.2 if aspect <= 1 else 4.2 / aspect
-    fig = Figure(figsize=((side + 0.75) * len(panels) + 1.0, side * aspect + 1.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    n = len(panels)
+    title = short_title(title, width=int(35 * n + 10)) if title else ""
+    left, gap, bar_gap, bar_w, right, bottom = 0.75, 0.75, 0.15, 0.2, 1.0, 0.6
+    top = 0.4 + 0.22 * len(title.splitlines())  # the panels' titles, then the figure's
+    width, height = left + n * side + (n - 1) * gap + bar_gap + bar_w + right, bottom + side * aspect + top
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    box = lambda x0, w: (x0 / width, bottom / height, w / width, side * aspect / height)  # noqa: E731
+    axes = [fig.add_axes(box(left + i * (side + gap), side)) for i in range(n)]
     norm = Normalize(0.0, vmax)  # one scale for both panels
     for ax, (name, dens) in zip(axes, panels):
         mesh = ax.pcolormesh(xs, ys, dens, shading="nearest", norm=norm, cmap="viridis", rasterized=True)
@@ -347,10 +355,11 @@ def density_figure(xs, ys, model_log_prob, true_log_prob=None, title: str = "") 
         ax.set_xlabel("dim 1")
         ax.set_ylabel("dim 2")
         ax.set_aspect("equal")
-    bar = fig.colorbar(mesh, ax=list(axes), extend="max" if pooled.max(initial=0.0) > vmax else "neither")
+    cax = fig.add_axes(box(left + n * side + (n - 1) * gap + bar_gap, bar_w))
+    bar = fig.colorbar(mesh, cax=cax, extend="max" if pooled.max(initial=0.0) > vmax else "neither")
     bar.set_label("density p(x)")
     if title:
-        fig.suptitle(short_title(title, width=int(35 * len(panels) + 10)), fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
     return fig
 
 
@@ -423,7 +432,7 @@ def labelled_grid(
 
     def extent(text: str) -> tuple[int, int]:
         box = probe.textbbox((0, 0), text, font=font)
-        return box[2] - box[0], box[3] - box[1]
+        return int(np.ceil(box[2] - box[0])), int(np.ceil(box[3] - box[1]))
 
     pad = max(4, size // 3)
     caption_h = extent("Ag")[1] + 2 * pad if caption else 0

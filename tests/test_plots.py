@@ -2,6 +2,8 @@
 matplotlib Figure before it is saved), the d > 2 projection against a planted plane, titles
 without paths, and labelled image grids that change only their margins."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,6 +156,12 @@ def test_density_figure_shares_one_scale_with_a_colorbar():
     np.testing.assert_allclose(m.norm.vmax, np.percentile(np.exp(np.concatenate([model, true]).ravel()), 99.5))
     np.testing.assert_allclose(m.get_array().reshape(20, 30), np.exp(model))
     assert bar.get_ylabel() == "density p(x)"
+    assert left.get_aspect() == right.get_aspect() == 1.0  # equal scales
+    fig.savefig(io.BytesIO())  # drawn: equal axes take their final boxes
+    for ax in (left, right):  # the colorbar as tall as the panels, the panels filling their boxes
+        np.testing.assert_allclose(
+            ax.get_position().get_points()[:, 1], bar.get_position(original=True).get_points()[:, 1], atol=2e-3
+        )
     assert fig.get_suptitle() == "otcfm normal -> pts.npy"
     assert len(plots.density_figure(xs, ys, model).axes) == 2  # model alone, and its colorbar
     with pytest.raises(ValueError, match=r"shape \(len\(ys\), len\(xs\)\)"):
@@ -161,13 +169,17 @@ def test_density_figure_shares_one_scale_with_a_colorbar():
 
 
 def test_plot_density_writes_a_png(tmp_path):
-    xs, ys = np.linspace(-2, 2, 10), np.linspace(-1, 1, 5)
+    xs, ys = 0.5 * np.arange(10), 0.5 * np.arange(5)  # cells 0.5 wide: 5 x 2.5 to the outer edges
     plots.plot_density(tmp_path / "square.png", ys, ys, np.zeros((5, 5)), np.zeros((5, 5)))
     plots.plot_density(tmp_path / "wide.png", xs, ys, np.zeros((5, 10)))
-    with Image.open(tmp_path / "square.png") as square, Image.open(tmp_path / "wide.png") as wide:
-        # 4.2 in a panel side (+0.75 in of tick labels), 1 in for the colorbar, 1.2 in for the titles,
-        # and a panel as tall as the grid for its width: a 4 x 2 grid is half as tall.
-        assert square.size == (1090, 540) and wide.size == (595, 330)
+    plots.plot_density(tmp_path / "titled.png", ys, ys, np.zeros((5, 5)), None, "a title")
+    sizes = {}
+    for name in ("square", "wide", "titled"):
+        with Image.open(tmp_path / f"{name}.png") as png:
+            sizes[name] = png.size
+    # Inches: 0.75 left, panels 4.2 wide with 0.75 between, 0.15 + 0.2 colorbar + 1.0 right; 0.6 below,
+    # panels as tall as the grid for their width (a 4 x 2 grid half as tall), 0.4 above (+0.22 a title line).
+    assert sizes == {"square": (1125, 520), "wide": (630, 310), "titled": (630, 542)}
 
 
 # ------------------------------------------------------------------------------------------------
