@@ -60,6 +60,23 @@ def test_flow_figure_labels_target_samples_and_paths():
     np.testing.assert_allclose(end.get_offsets(), traj[-1, np.linspace(0, 49, 20).astype(int)])
 
 
+def test_target_regions_hold_their_mass():
+    """The filled regions are highest-density regions: each level encloses its stated share of the
+    target's points, and for a Gaussian the 50 % region is the ellipse of area 2 ln 2 pi sx sy (the
+    kernel widens each variance by a factor 1 + BANDWIDTH^2 n^(-1/3))."""
+    sx, sy, n = 1.5, 0.5, 5000
+    pts = np.random.default_rng(5).normal(size=(n, 2)) * [sx, sy] + [1.0, -0.5]
+    regions = plots._Regions.of(pts, np.array([[-6.0, 6.0], [-4.0, 3.0]]))
+    ix = np.abs(pts[:, :1] - regions.gx[None]).argmin(1)
+    iy = np.abs(pts[:, 1:] - regions.gy[None]).argmin(1)
+    inside = [(regions.density[iy, ix] >= level).mean() for level in regions.levels]  # levels ascending
+    np.testing.assert_allclose(inside, sorted(plots.TARGET_MASS, reverse=True), atol=0.03)
+    cell = (regions.gx[1] - regions.gx[0]) * (regions.gy[1] - regions.gy[0])
+    area = (regions.density >= regions.levels[2]).sum() * cell
+    widen = 1 + plots.BANDWIDTH**2 * n ** (-1 / 3)
+    np.testing.assert_allclose(area, 2 * np.log(2) * np.pi * sx * sy * widen, rtol=0.06)
+
+
 def test_flow_figure_one_dimensional():
     rng = np.random.default_rng(2)
     traj = rng.normal(size=(7, 40, 1)).cumsum(0)
