@@ -152,6 +152,14 @@ class Coupling:
         """
         raise NotImplementedError
 
+    def call_with_stats(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], dict[str, jax.Array]]:
+        """`(self(key, x0, x1, labels), stats)`: the pairs and scalar diagnostics of the solve
+        (`SinkhornOT`: whether it converged and its epsilon; none for the others). A train step
+        calls this, so that it can log and report the diagnostics instead of a warning per call."""
+        return self(key, x0, x1, labels), {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Independent(Coupling):
@@ -257,8 +265,26 @@ class SinkhornOT(Coupling):
         """
         return self.epsilon * jnp.mean(cost) if self.relative_epsilon else jnp.asarray(self.epsilon)
 
+    def solve(
+        self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(pi, converged, epsilon, iterations): the entropic plan, whether Sinkhorn met
+        `threshold` within `max_iterations` (an unconverged plan's marginals are not uniform),
+        the absolute epsilon used and the iterations run. Silent: `plan` and calling the
+        coupling warn when it did not converge, `call_with_stats` returns the flag."""
+        check_pairs(x0, x1, labels, self.class_conditional)
+        cost = pairwise_sq_distances(x0, x1)
+        eps = self.absolute_epsilon(cost)
+        if self.class_conditional:
+            cost = _class_cost(cost, labels)  # type: ignore[arg-type]  # check_pairs raised if labels is None
+        # ott-jax annotates epsilon as a Python float; it takes a (traced) scalar array too.
+        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)  # type: ignore[arg-type]
+        out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
+        return out.matrix, jnp.asarray(out.converged), eps, jnp.asarray(out.n_iters)
+
     def plan(self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-        """The entropic transport plan pi (n x n, total mass 1, uniform marginals).
+        """The entropic transport plan pi (n x n, total mass 1, uniform marginals); warns on the
+        host when Sinkhorn did not converge.
 
         Args:
             x0: (n, ...) source points.
@@ -268,26 +294,37 @@ class SinkhornOT(Coupling):
         Returns:
             pi, (n, n), rows indexing x0 and columns x1.
         """
-        check_pairs(x0, x1, labels, self.class_conditional)
-        cost = pairwise_sq_distances(x0, x1)
-        eps = self.absolute_epsilon(cost)
-        if self.class_conditional:
-            cost = _class_cost(cost, labels)  # type: ignore[arg-type]  # check_pairs raised if labels is None
-        # ott-jax annotates epsilon as a Python float; it takes a (traced) scalar array too.
-        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)  # type: ignore[arg-type]
-        out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
-        jax.debug.callback(_warn_if_unconverged, out.converged, eps, self.max_iterations)
-        return out.matrix
+        pi, converged, eps, _ = self.solve(x0, x1, labels)
+        jax.debug.callback(_warn_if_unconverged, converged, eps, self.max_iterations)
+        return pi
+
+    def _pairs(
+        self, key: jax.Array, pi: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        if self.hard:
+            return x0[jnp.argmax(pi, axis=0)], x1, labels
+        i, j = sample_pairs(key, pi, x1.shape[0])
+        return x0[i], x1[j], None if labels is None else labels[j]
 
     def __call__(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         pi = self.plan(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
-        n = x1.shape[0]
-        if self.hard:
-            return x0[jnp.argmax(pi, axis=0)], x1, labels
-        i, j = sample_pairs(key, pi, n)
-        return x0[i], x1[j], None if labels is None else labels[j]
+        return self._pairs(key, pi, x0, x1, labels)
+
+    def call_with_stats(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], dict[str, jax.Array]]:
+        """The pairs and {"sinkhorn_converged": 1.0 or 0.0, "sinkhorn_epsilon": the absolute
+        epsilon, "sinkhorn_iterations": the iterations run}, without the host warning of `plan`
+        (the caller reports)."""
+        pi, converged, eps, iterations = self.solve(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
+        stats = {
+            "sinkhorn_converged": converged.astype(jnp.float32),
+            "sinkhorn_epsilon": eps.astype(jnp.float32),
+            "sinkhorn_iterations": iterations.astype(jnp.float32),
+        }
+        return self._pairs(key, pi, x0, x1, labels), stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +334,13 @@ class SchrodingerBridge(Coupling):
     sigma: float = 1.0
     hard: bool = False
     class_conditional: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ValueError(
+                f"SchrodingerBridge needs sigma > 0 (epsilon = 2 sigma^2), got {self.sigma}; SB-CFM's "
+                "default is sigma = 1 (--config.sigma=1)."
+            )
 
     @property
     def sinkhorn(self) -> SinkhornOT:
@@ -312,3 +356,8 @@ class SchrodingerBridge(Coupling):
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         return self.sinkhorn(key, x0, x1, labels)
+
+    def call_with_stats(
+        self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], dict[str, jax.Array]]:
+        return self.sinkhorn.call_with_stats(key, x0, x1, labels)

@@ -181,6 +181,38 @@ def test_unconverged_sinkhorn_warns():
         jax.effects_barrier()
 
 
+def test_sinkhorn_stats_say_whether_the_plan_converged_and_pair_as_the_coupling_does():
+    """`call_with_stats` (what the train step calls) gives the coupling's pairs, its epsilon,
+    iterations and convergence flag, and no host warning; the other couplings give no stats."""
+    import warnings
+
+    x0, x1 = _batch(64, 2, 12)
+    key = jax.random.key(3)
+    for sigma, converged in ((1.0, 1.0), (0.03, 0.0)):
+        sb = fm.couplings.SchrodingerBridge(sigma=sigma)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an unconverged plan is reported by the caller, not here
+            pairs, stats = jax.jit(sb.call_with_stats)(key, x0, x1)
+            jax.effects_barrier()
+        assert float(stats["sinkhorn_converged"]) == converged
+        assert float(stats["sinkhorn_epsilon"]) == pytest.approx(2 * sigma**2)
+        iterations = float(stats["sinkhorn_iterations"])
+        assert (iterations == sb.sinkhorn.max_iterations) == (converged == 0.0) and iterations > 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = sb(key, x0, x1)
+        for got, want in zip(pairs[:2], expected[:2]):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    pairs, stats = fm.couplings.ExactOT().call_with_stats(key, x0, x1)
+    assert stats == {} and np.array_equal(pairs[0], fm.couplings.ExactOT()(key, x0, x1)[0])
+
+
+def test_a_schrodinger_bridge_needs_a_positive_sigma():
+    for sigma in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"SchrodingerBridge needs sigma > 0 .*--config.sigma=1"):
+            fm.couplings.SchrodingerBridge(sigma=sigma)
+
+
 def test_independent_is_identity():
     x0, x1 = _batch(8)
     y0, y1, lab = fm.couplings.Independent()(jax.random.key(0), x0, x1, jnp.ones(8))

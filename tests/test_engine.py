@@ -1,8 +1,6 @@
 """The sharded train step on 8 fake CPU devices against one device: data parallel and FSDP
 layouts, global and group couplings (in the step and on the host), bf16 compute, one compile."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,7 @@ import fm_jax as fm
 from fm_jax.train import apply_overrides, load_config
 from fm_jax.train.loop import build_engine, check_config
 
-CONFIG = pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py"
+CONFIG = "toy2d"
 STEPS = 10
 
 
@@ -30,7 +28,7 @@ def run(num_devices: int, calls: int = 2, **overrides):
     state, losses = engine.state, []
     for call in range(calls):
         state, values = engine.steps(state, engine.batches(engine.data_key, call * STEPS))
-        losses.append(np.asarray(values))
+        losses.append(np.asarray(values["loss"]))
     return np.concatenate(losses), state, engine
 
 
@@ -114,7 +112,7 @@ def test_later_calls_compile_nothing():
     try:
         for call in range(1, 4):
             state, values = engine.steps(state, engine.batches(engine.data_key, call * STEPS))
-        values.block_until_ready()
+        values["loss"].block_until_ready()
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []

@@ -4,6 +4,7 @@ a checkpoint moves between device counts; a NaN loss stops training and keeps th
 Interrupted runs are subprocesses (one CPU device each), never the pytest process."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -20,7 +21,7 @@ from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.checkpoints import Checkpoints
 from fm_jax.train.loop import build_engine, check_config
 
-CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"
 LONG = [
     "--config.num_steps=1600",
     "--config.steps_per_call=20",
@@ -68,11 +69,12 @@ def uninterrupted(tmp_path_factory):
     return workdir
 
 
-def logged(workdir) -> dict[int, float]:
+def logged(workdir) -> dict[int, dict]:
+    """{step: every logged value but the speeds}: loss, grad_norm, lr and the evaluation."""
     lines = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     steps = [line["step"] for line in lines]
     assert len(steps) == len(set(steps))  # no line written twice
-    return {line["step"]: line["loss"] for line in lines}
+    return {line["step"]: {k: v for k, v in line.items() if not k.endswith("_per_s")} for line in lines}
 
 
 def assert_same_run(workdir, reference):
@@ -82,7 +84,9 @@ def assert_same_run(workdir, reference):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
         np.testing.assert_array_equal(a, b)  # bit for bit
     # One line per 100 steps, the same means bit for bit: the window the stop cut was checkpointed.
-    assert logged(workdir) == logged(reference)
+    lines = logged(workdir)
+    assert lines == logged(reference)
+    assert {"loss", "grad_norm", "lr"} <= set(lines[100]) and "eval/w2" in lines[1000]  # the defaults' eval_every
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -156,3 +160,17 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     kept = finished_steps(tmp_path / "run")
     assert kept and kept[-1] < bad and f"the last good checkpoint is step {kept[-1]}" in str(info.value)
     assert fm.train.load_run(tmp_path / "run").step == kept[-1]
+
+
+def test_a_resumed_run_says_where_it_resumes_and_reading_checkpoints_prints_no_orbax_notice(tmp_path, capsys, caplog):
+    train(short_config(num_steps=40), tmp_path, progress=False)
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO):
+        train(short_config(num_steps=60), tmp_path, progress=False)
+        run = fm.train.load_run(tmp_path)
+    err = capsys.readouterr().err
+    assert f"resuming from step 40 of 60 (checkpoint {tmp_path / 'checkpoints' / '40'})" in err
+    assert run.step == 60
+    # orbax's "Given directory is read only" notice of every reader (the resume's first check, load_run).
+    notices = [r.getMessage() for r in caplog.records if "read only" in r.getMessage()]
+    assert notices == [] and "read only" not in err

@@ -2,7 +2,9 @@
 
 import json
 import pathlib
+import re
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,10 @@ import pytest
 import fm_jax as fm
 from fm_jax import cli
 from fm_jax.train import METHODS, LossSpec, RunSpec, apply_overrides, build_loss, load_config
+from fm_jax.train.spec import resolve_defaults
+from fm_jax.train.step import ema_decay_at, ema_initial_weight
 
-CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"
 SHORT = ["--config.num_steps=400", "--config.steps_per_call=50", "--config.log_every=200"]
 
 
@@ -121,7 +125,9 @@ def test_the_method_table_says_what_each_method_allows():
             assert method.path is None and not method.has_score
             continue
         # The score follows from the velocity only for a Gaussian path drawn independently of x1.
-        independent = method.coupling is not None and method.coupling(LossSpec()) == fm.couplings.Independent()
+        independent = (
+            method.coupling is not None and method.coupling(LossSpec(**method.defaults)) == fm.couplings.Independent()
+        )
         assert method.has_score == independent, method.name
         assert isinstance(method.conditional_path(0.1), fm.paths.GaussianPath)
         if method.normal_source_only:
@@ -288,3 +294,126 @@ def test_steps_per_s_leaves_out_the_time_spent_writing_checkpoints(tmp_path, mon
     # out one pause, which puts it above the rate over the wall time less both pauses.
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 200 and lines[-1]["steps_per_s"] > 200 / (summary["train_s"] - 2 * pause)
+
+
+def spec_of(**fields) -> RunSpec:
+    return RunSpec.from_config(apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()}))
+
+
+def test_methods_carry_their_defaults_and_an_explicit_value_wins():
+    # SB-CFM's own sigma (epsilon = 2 sigma^2 = 2), where the config leaves sigma unset.
+    sbcfm = spec_of(method="sbcfm")
+    assert sbcfm.loss.sigma == 1.0
+    assert sbcfm.method.coupling(sbcfm.loss) == fm.couplings.SchrodingerBridge(1.0)
+    assert sbcfm.method.conditional_path(sbcfm.loss.sigma) == fm.paths.BrownianBridge(1.0)
+    assert spec_of(method="sbcfm", sigma=0.3).loss.sigma == 0.3  # --config.sigma=0.3 wins
+    otcfm = spec_of(method="otcfm")
+    assert (otcfm.loss.sigma, otcfm.loss.ot_solver) == (0.1, "network_simplex")
+    assert spec_of(method="icfm").loss.sigma == 0.1 and spec_of(method="si").loss.sigma == 0.0
+    # The resolved config (what config.json records) and the defaults applied, which the run prints.
+    resolved, applied = resolve_defaults(apply_overrides(load_config(CONFIG), {"method": "sbcfm"}))
+    assert resolved.sigma == 1.0 and applied == {"sigma": 1.0}
+    assert resolve_defaults(apply_overrides(load_config(CONFIG), {"method": "sbcfm", "sigma": "0.5"}))[1] == {}
+    # A config built in Python leaves a field unset with None.
+    config = load_config(CONFIG)
+    config.method, config.sigma, config.ot_solver = "otcfm", None, None
+    assert (RunSpec.from_config(config).loss.sigma, RunSpec.from_config(config).loss.ot_solver) == (
+        0.1,
+        "network_simplex",
+    )
+    # SB-CFM at sigma = 0 (epsilon = 0) cannot couple: refused, naming the fix.
+    with pytest.raises(ValueError, match=r"sigma > 0 .*--config.sigma=1"):
+        spec_of(method="sbcfm", sigma=0)
+
+
+def test_the_methods_defaults_name_only_fields_the_configs_have():
+    configs = [load_config(name) for name in ("toy2d", "images")]
+    for method in METHODS.values():
+        assert method.defaults, method.name
+        for field in method.defaults:
+            assert all(field in config for config in configs), (method.name, field)
+            assert field in {f.name for f in LossSpec.__dataclass_fields__.values()}
+        with pytest.raises(TypeError):
+            method.defaults["sigma"] = 5.0  # read-only: one method cannot change another's
+
+
+def test_an_sbcfm_run_records_and_reports_its_default_sigma(tmp_path, capsys):
+    fields = {"method": "sbcfm", "num_steps": 2, "steps_per_call": 2, "log_every": 2, "batch_size": 64}
+    config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
+    fm.train.train(config, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["sigma"] == 1.0
+    assert "sbcfm's defaults: sigma = 1.0 (set --config.sigma to change)" in capsys.readouterr().err
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["sinkhorn_converged"] == 1.0 and line["sinkhorn_epsilon"] == pytest.approx(2.0)
+
+
+def test_an_unconverged_sinkhorn_plan_is_reported_once_with_its_step_epsilon_and_fix(tmp_path):
+    # sigma = 0.02: epsilon = 2 sigma^2 = 8e-4, far too small for 2,000 Sinkhorn iterations.
+    fields = {
+        "method": "sbcfm",
+        "sigma": 0.02,
+        "num_steps": 4,
+        "steps_per_call": 2,
+        "log_every": 2,
+        "checkpoint_every": 0,
+        "batch_size": 64,
+    }
+    config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fm.train.train(config, tmp_path / "run", progress=False)
+    sinkhorn = [str(w.message) for w in caught if "Sinkhorn" in str(w.message)]
+    assert len(sinkhorn) == 1, sinkhorn  # once, and not also the coupling's own host warning
+    assert re.search(r"did not converge at step [1-4] \(epsilon = 0.0008, 2000 iterations\)", sinkhorn[0])
+    assert "--config.sigma" in sinkhorn[0]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert min(line["sinkhorn_converged"] for line in lines) < 1.0
+    assert lines[0]["sinkhorn_epsilon"] == pytest.approx(8e-4) and lines[0]["sinkhorn_iterations"] == 2000
+
+
+def test_ema_warm_up_matches_an_explicit_scalar_average():
+    # The EMA of a scalar parameter that is 1 at step 0 and 0 after every update: its value is
+    # the weight the initial parameter still holds, decay_t = min(decay, (1 + t) / (10 + t)).
+    for decay in (0.0, 0.5, 0.9, 0.999):
+        ema, count = 1.0, 0
+        for steps in (0, 1, 7, 300, 12_000):
+            for t in range(count, steps):
+                d = min(decay, (1 + t) / (10 + t))
+                ema = d * ema + (1 - d) * 0.0
+            count = steps
+            assert ema_initial_weight(decay, steps) == pytest.approx(ema, rel=1e-9, abs=1e-300), (decay, steps)
+    # Inside jit on an array of steps, as in the train step, and on Python ints.
+    t = jnp.arange(0, 20_000, 37)
+    np.testing.assert_allclose(
+        jax.jit(lambda t: ema_decay_at(0.999, t))(t), [ema_decay_at(0.999, int(s)) for s in t], rtol=1e-6
+    )
+    assert (ema_decay_at(0.999, 0), ema_decay_at(0.999, 8), ema_decay_at(0.999, 20_000)) == (0.1, 0.5, 0.999)
+    # A 300-step run at decay 0.999: 0.999^300 = 74% of the initial weights without the warm-up.
+    assert 0.999**300 > 0.7 and ema_initial_weight(0.999, 300) < 1e-15
+    with pytest.raises(ValueError, match="decay must be in"):
+        ema_initial_weight(1.0, 3)
+
+
+def test_the_train_step_averages_the_parameters_with_the_warmed_up_decay():
+    """EMA_{t+1} = d_t EMA_t + (1 - d_t) params_{t+1}, d_t = min(decay, (1 + t) / (10 + t)),
+    checked against the parameters of each step; one call of 4 steps gives the same EMA."""
+    from fm_jax.train.loop import build_engine, check_config
+
+    def engine(steps_per_call):
+        fields = {"method": "icfm", "ema_decay": 0.99, "num_steps": 4, "steps_per_call": steps_per_call}
+        fields |= {"log_every": 4, "batch_size": 64}
+        return build_engine(check_config(apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})))
+
+    one = engine(1)
+    state = one.state
+    ema = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    for t in range(4):
+        state, _ = one.steps(state, one.batches(one.data_key, t))
+        d = min(0.99, (1 + t) / (10 + t))
+        ema = [d * e + (1 - d) * np.asarray(p) for e, p in zip(ema, jax.tree.leaves(state.params))]
+    for got, want in zip(jax.tree.leaves(state.ema_params), ema):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    four = engine(4)
+    looped, _ = four.steps(four.state, four.batches(four.data_key, 0))
+    for got, want in zip(jax.tree.leaves(looped.ema_params), ema):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)

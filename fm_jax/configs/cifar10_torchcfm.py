@@ -31,6 +31,7 @@ def get_config():
     config.num_steps = 400_000
     config.steps_per_call = 1
     config.log_every = 1000
+    config.eval_every = 10_000
     config.checkpoint_every = 20_000
     config.ot_solver = "hungarian"
     return config

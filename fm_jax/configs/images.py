@@ -55,5 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_steps = 2000
     config.steps_per_call = 1  # see fm_jax.train.step: XLA:CPU runs convolutions in a scan ~20x slower
     config.log_every = 100
+    config.eval_every = 500  # pixel FD of 256 samples and a grid of 64 in TensorBoard (0: off)
     config.checkpoint_every = 500
     return config

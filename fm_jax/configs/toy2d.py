@@ -23,7 +23,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = "otcfm"
-    config.sigma = 0.1
+    # The path's noise scale; NaN (unset) takes the method's default (fm_jax.train.methods):
+    # 0.1, and 1 for sbcfm (its Sinkhorn epsilon is 2 sigma^2). A float, so --config.sigma=0.5 parses.
+    config.sigma = float("nan")
     # Exact OT on the host (POT's network simplex): on a CPU it is 9x faster than the in-jit
     # Hungarian solver at batch 256; use "hungarian" on accelerators.
     config.ot_solver = "network_simplex"
@@ -72,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_steps = 5000
     config.steps_per_call = 100
     config.log_every = 500
+    # W2 of 1000 samples to held-out target points in metrics.jsonl and TensorBoard every so many
+    # steps (fm_jax.train.metrics_log; 0: off).
+    config.eval_every = 1000
     # Checkpoints (fm_jax.train.checkpoints): every so many steps, at the end and on SIGTERM/SIGINT;
     # the same command resumes a killed run.
     config.checkpoint_every = 1000

@@ -10,8 +10,9 @@ last `keep` are kept. A checkpoint holds four items:
 - `data/`: the data position (JSON). For densities sampled on the devices it is the step
   itself (the batches of step s are a pure function of (key, s)); for image datasets the
   grain iterator's state (`fm_jax.train.batches`).
-- `log/`: the per-step losses of the log window the checkpoint cuts (JSON), so that a resumed
-  run logs the same means as one never interrupted.
+- `log/`: the per-step metrics of the log window the checkpoint cuts (JSON, {"metrics": {name:
+  values}}; older checkpoints hold {"losses": values}), so that a resumed run logs the same
+  means as one never interrupted.
 - `checksums/`: two 32-bit position-weighted sums of the raw bits of every array of the state
   (computed on the devices, on the global arrays, so every process of a multi-process run
   gets the same numbers), and the SHA-256 of the two JSON items. Any single bit flip in a
@@ -134,8 +135,8 @@ class Checkpoints:
             read_only=read_only,
             create=not read_only,
         )
-        with _quiet():
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        _ABSL.addFilter(_READ_ONLY_NOTICE)  # once: adding a filter twice is a no-op
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -267,10 +268,23 @@ class Checkpoints:
         self.manager.close()
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """Drops orbax's "Given directory is read only=..." notice, which every reader of a run's
+    checkpoints (sample, eval, nll, a resumed run's first check) would print: reading is
+    what `read_only=True` asks for. Every other absl message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+_ABSL = logging.getLogger("absl")
+_READ_ONLY_NOTICE = _DropReadOnlyNotice()
+
+
 @contextlib.contextmanager
 def _quiet():
     """Keep orbax's reports of a damaged read to the one line `restore_latest` warns: its absl
-    warnings ("Given directory is read only", a missing metadata file) and the ~50-line
+    warnings (a missing metadata file, ...) while a checkpoint is read, and the ~50-line
     TensorStore specs of the reads that failed beside the first, which Python prints as
     "Exception ignored in <coroutine ...>" when the failed reads are collected."""
     absl, level, hook = logging.getLogger("absl"), logging.getLogger("absl").level, sys.unraisablehook

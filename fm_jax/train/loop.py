@@ -4,8 +4,9 @@
 (densities of `fm_jax.data`: toy 2D densities, point files, or `tfds:NAME` image datasets)
 with an MLP or a U-Net (`fm_jax.train.state`) on a mesh of
 `config.mesh.num_devices` devices (`fm_jax.train.step`), and leaves in `workdir`:
-`config.json`, `metrics.jsonl` (one JSON line per `log_every` steps) and `checkpoint/` (the
-final `TrainState`, orbax). Each call draws `steps_per_call` batches on the devices, already
+`config.json` (the config with the method's defaults filled in), `metrics.jsonl` and
+`tensorboard/` (a line per `log_every` steps and per evaluation, `fm_jax.train.metrics_log`)
+and `checkpoints/` (orbax, `fm_jax.train.checkpoints`). Each call draws `steps_per_call` batches on the devices, already
 split over the mesh, and runs as many optimizer steps in one jitted loop, so that a small
 model is not bound by Python dispatch; a call is run in parts of about `config.max_call_s`
 seconds, between which a stop is honoured.
@@ -18,8 +19,10 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -38,14 +41,22 @@ from fm_jax.train.batches import Batches, make_batches, on_host
 from fm_jax.train.checkpoints import CHECKPOINTS, Checkpoints
 from fm_jax.train.lock import workdir_lock
 from fm_jax.train.methods import build_loss
-from fm_jax.train.metrics_log import MetricsLog
-from fm_jax.train.spec import RunSpec
-from fm_jax.train.state import TrainState, build_module, checkpoint_tree, init_state, model_method
+from fm_jax.train.metrics_log import MetricsLog, PeriodicEval
+from fm_jax.train.spec import RunSpec, resolve_defaults
+from fm_jax.train.state import TrainState, build_module, checkpoint_tree, init_state, learning_rate_at, model_method
 from fm_jax.train.step import TrainSteps, make_train_step, split_coupling
 from fm_jax.train.teachers import precompute_pairs, teacher_coupling
 
 # Fields a resumed run may change: none changes the numbers of the steps.
-RESUME_MAY_CHANGE = ("num_steps", "mesh", "distributed", "max_call_s", "checkpoint_every", "keep_checkpoints")
+RESUME_MAY_CHANGE = (
+    "num_steps",
+    "mesh",
+    "distributed",
+    "max_call_s",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+)
 DATA_FINGERPRINTS = "data.json"  # what identifies the run's data (`fm_jax.data.fingerprint`)
 
 __all__ = ["Engine", "Interrupted", "build_engine", "check_config", "train", "with_absolute_files"]
@@ -84,7 +95,7 @@ def with_absolute_files(config: ml_collections.ConfigDict) -> ml_collections.Con
 
 class Engine(NamedTuple):
     """What a run needs on its devices: the step-0 state (placed), `batches(key, first_step)`,
-    the jitted `steps(state, batches) -> (state, losses)`, the data key, the mesh, the
+    the jitted `steps(state, batches) -> (state, metrics)`, the data key, the mesh, the
     network's `apply(params, t, x, cond)` and the loss the step regresses (its coupling
     `Independent` where the batches arrive coupled from the host)."""
 
@@ -211,6 +222,26 @@ def _describe(fingerprint: dict | None) -> str:
     )
 
 
+def _report_unconverged(values: dict[str, np.ndarray], first_step: int) -> bool:
+    """Warn (once: the caller stops asking) when a Sinkhorn coupling of these steps did not
+    converge, naming the first such step, its epsilon and the fix; whether it warned."""
+    converged = values.get("sinkhorn_converged")
+    if converged is None or np.all(converged >= 1.0):
+        return False
+    at = int(np.argmax(converged < 1.0))
+    eps, iterations = float(values["sinkhorn_epsilon"][at]), int(values["sinkhorn_iterations"][at])
+    warnings.warn(
+        f"Sinkhorn did not converge at step {first_step + at + 1} (epsilon = {eps:.3g}, {iterations} "
+        "iterations): the coupling's plan is off its marginals, and a small epsilon makes every step "
+        "slow. Raise --config.sigma (SB-CFM's epsilon is 2 sigma^2; its default sigma is 1). "
+        "metrics.jsonl logs sinkhorn_converged (the fraction of solves that converged) and "
+        "sinkhorn_iterations; this is reported once.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
 def _check_finite(values: np.ndarray, first_step: int, checkpoints: Checkpoints) -> None:
     """Stop at a NaN/Inf loss, naming its step and the last good checkpoint, which is kept."""
     bad = ~np.isfinite(values)
@@ -269,9 +300,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     the one before used (`fm_jax.train.checkpoints`); data that changed under the same name
     is refused. At the end, `summary.json` holds the compile time, the loop's wall time
     (`train_s`), the part of it spent handing checkpoints over and waiting for the last one
-    (`checkpoint_s`), and the throughput of the steps themselves, `steps / (train_s - checkpoint_s)`.
+    (`checkpoint_s`), the part spent evaluating (`eval_s`, every `config.eval_every` steps),
+    and the throughput of the steps themselves, `steps / (train_s - checkpoint_s - eval_s)`.
+
+    Fields the config leaves unset take the method's defaults (`fm_jax.train.spec.resolve_defaults`;
+    one line on stderr names them), and `config.json` records the values used. A resumed run
+    says so on stderr ("resuming from step N of M (checkpoint ...)"), and a Sinkhorn coupling
+    that does not converge is reported once, as a `RuntimeWarning` naming the step, epsilon
+    and the fix.
     """
     distributed.initialize(**config.distributed)
+    config, defaults = resolve_defaults(config)  # what the run records: the values it trains with
     spec = check_config(config)
     workdir = pathlib.Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
@@ -285,10 +324,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         engine = build_engine(spec)
         checkpoints = Checkpoints(workdir, keep=spec.loop.keep_checkpoints, primary=primary)
         try:
-            return _run(config, spec, workdir, engine, checkpoints, fingerprints, primary, progress)
+            return _run(config, spec, workdir, engine, checkpoints, fingerprints, primary, progress, defaults)
         finally:  # a checkpoint still being written is finished, whatever stopped the run
             checkpoints.wait()
             checkpoints.close()
+
+
+def _say(text: str) -> None:
+    """One line to stderr that does not break a progress bar."""
+    tqdm.write(text, file=sys.stderr)
+
+
+def _window(restored) -> dict[str, list[np.ndarray]]:
+    """The per-step metrics of the log window a checkpoint cut ({} for a fresh run); a
+    checkpoint written before metrics were logged holds the losses alone."""
+    if restored is None:
+        return {}
+    log = restored.log
+    saved = log["metrics"] if "metrics" in log else {"loss": log.get("losses", [])}
+    return {name: [np.asarray(values, np.float32)] for name, values in saved.items()}
 
 
 def _run(
@@ -300,6 +354,7 @@ def _run(
     fingerprints: dict,
     primary: bool,
     progress: bool,
+    defaults: dict | None = None,
 ) -> TrainState:
     restored = checkpoints.restore_latest(engine.state, jax.tree.map(lambda x: x.sharding, engine.state))
     state, start_step = (engine.state, 0) if restored is None else restored[:2]
@@ -308,10 +363,19 @@ def _run(
             f"{workdir} already holds a trained model (step {start_step}): pass a new --workdir, "
             "or a larger --config.num_steps to train on (nothing was changed)."
         )
+    if primary and defaults:
+        values = ", ".join(f"{field} = {value}" for field, value in defaults.items())
+        flags = " ".join(f"--config.{field}" for field in defaults)
+        _say(f"{spec.method.name}'s defaults: {values} (set {flags} to change)")
+    if primary and restored is not None:
+        _say(
+            f"resuming from step {start_step} of {spec.loop.num_steps} "
+            f"(checkpoint {checkpoints.directory / str(start_step)})"
+        )
     k, data_key = spec.engine.steps_per_call, engine.data_key
     first = start_step - start_step % k  # a stop may have cut a call: resume inside it
-    # The losses of the log window the checkpoint cut, so the window's mean does not depend on the cut.
-    losses = [np.asarray(restored.log.get("losses", []), np.float32)] if restored is not None else []
+    # The metrics of the log window the checkpoint cut, so the window's means do not depend on the cut.
+    window = _window(restored)
     if restored is not None:
         engine.batches.restore(restored.data, start_step)
     if primary:  # the run starts: its config, data fingerprints and log are written from here on
@@ -324,7 +388,9 @@ def _run(
     compile_s = time.perf_counter() - began
 
     log, stop, pacer = MetricsLog(workdir) if primary else None, [], _Pacer(spec.loop.max_call_s)
-    saving = [0.0]  # seconds spent in checkpoint writes, kept out of the steps/s
+    evaluate = PeriodicEval(spec, engine.apply, engine.mesh) if spec.loop.eval_every else None
+    aside, evaluating = [0.0], [0.0]  # seconds in checkpoint writes and in evaluations, kept out of the steps/s
+    unconverged_reported = False
     bar = tqdm(
         total=spec.loop.num_steps,
         initial=start_step,
@@ -335,7 +401,7 @@ def _run(
     step, pace, began = start_step, pacer.count(k), time.perf_counter()
     try:
         with _signals_caught(stop):
-            while step < spec.loop.num_steps:  # one part of a call at a time, its losses fetched
+            while step < spec.loop.num_steps:  # one part of a call at a time, its metrics fetched
                 count = min(pace, first + k - step)
                 dispatched = time.perf_counter()
                 state, values = steps(state, batches, step - first, count)
@@ -343,10 +409,16 @@ def _run(
                     batches = engine.batches(data_key, first + k)  # prepared while the devices run
                 # At most one call in flight: with several multi-device calls queued, XLA:CPU can
                 # starve a collective's rendezvous of threads (an all-reduce aborts after 40 s).
-                values = np.asarray(jax.device_get(values))[step - first : step - first + count]
+                values = {
+                    name: np.asarray(v)[step - first : step - first + count]
+                    for name, v in jax.device_get(values).items()
+                }
                 pacer.measured(time.perf_counter() - dispatched, count)
-                _check_finite(values, step, checkpoints)
-                losses.append(values)
+                _check_finite(values["loss"], step, checkpoints)
+                if primary and not unconverged_reported:
+                    unconverged_reported = _report_unconverged(values, step)
+                for name, v in values.items():
+                    window.setdefault(name, []).append(v)
                 step += count
                 bar.update(count)
                 # Every process stops at the same step, and runs parts of the length process 0 measured.
@@ -354,30 +426,42 @@ def _run(
                 if step == first + k:
                     first += k
                 log_now = step % spec.loop.log_every == 0 or step == spec.loop.num_steps
+                eval_now = evaluate is not None and spec.loop.eval_at(step, k)
                 save_now = (
                     step == spec.loop.num_steps
                     or stopping
                     or (spec.loop.checkpoint_every and step % spec.loop.checkpoint_every == 0)
                 )
+                scalars: dict[str, float] = {}
                 if log_now:
-                    rate = (step - start_step) / (time.perf_counter() - began - saving[0])
-                    mean = float(np.mean(np.concatenate(losses)))
-                    losses = []
+                    rate = (step - start_step) / (time.perf_counter() - began - aside[0])
+                    means = {name: float(np.mean(np.concatenate(v))) for name, v in window.items()}
+                    window = {}
                     bar.set_postfix(
-                        loss=f"{mean:.4f}",
+                        loss=f"{means['loss']:.4f}",
                         steps_per_s=f"{rate:.0f}",
                         examples_per_s=f"{rate * spec.engine.batch_size:.0f}",
                     )
-                    if log:
-                        log.write(
-                            step, {"loss": mean, "steps_per_s": rate, "examples_per_s": rate * spec.engine.batch_size}
-                        )
+                    scalars |= means | {
+                        "lr": learning_rate_at(spec.optimizer, step - 1),
+                        "steps_per_s": rate,
+                        "examples_per_s": rate * spec.engine.batch_size,
+                    }
+                if eval_now:
+                    with _timed(aside), _timed(evaluating):
+                        params = state.ema_params if spec.engine.ema_decay > 0 else state.params
+                        found, grid = evaluate(params)  # type: ignore[misc]  # eval_now: evaluate is set
+                    scalars |= found
+                    if log and grid is not None:
+                        log.image("eval/samples", grid, step)
+                if log and scalars:
+                    log.write(step, scalars)
                 if save_now:
-                    window = {"losses": [float(v) for v in np.concatenate(losses)]} if losses else {}
-                    with _timed(saving):
-                        checkpoints.save(state, step, engine.batches.position(step), window)
+                    cut = {name: [float(x) for x in np.concatenate(v)] for name, v in window.items()}
+                    with _timed(aside):
+                        checkpoints.save(state, step, engine.batches.position(step), {"metrics": cut} if cut else {})
                 if stopping or step == spec.loop.num_steps:
-                    with _timed(saving):  # the last save is finished while a signal is still only a request
+                    with _timed(aside):  # the last save is finished while a signal is still only a request
                         checkpoints.wait()
                 if stopping and step < spec.loop.num_steps:
                     raise Interrupted(
@@ -388,16 +472,17 @@ def _run(
         bar.close()
         if log:
             log.close()
-        with _timed(saving):
+        with _timed(aside):
             checkpoints.wait()
     seconds = time.perf_counter() - began
-    stepping = seconds - saving[0]
+    stepping = seconds - aside[0]
     summary = {
         "steps": spec.loop.num_steps - start_step,
         "devices": int(engine.mesh.devices.size),
         "compile_s": compile_s,
         "train_s": seconds,
-        "checkpoint_s": saving[0],
+        "checkpoint_s": aside[0] - evaluating[0],
+        "eval_s": evaluating[0],
         "steps_per_s": (spec.loop.num_steps - start_step) / stepping,
         "examples_per_s": (spec.loop.num_steps - start_step) * spec.engine.batch_size / stepping,
     }

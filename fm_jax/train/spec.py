@@ -39,7 +39,42 @@ from fm_jax.train.sharding import LAYOUTS
 from fm_jax.train.state import LR_DECAYS, NETWORKS, OPTIMIZERS
 from fm_jax.train.step import COUPLING_SCOPES, PRECISIONS
 
-__all__ = ["DataSpec", "EngineSpec", "ImageData", "LoopSpec", "ModelSpec", "OptimizerSpec", "RunSpec", "TeacherSpec"]
+__all__ = [
+    "DataSpec",
+    "EngineSpec",
+    "ImageData",
+    "LoopSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "RunSpec",
+    "TeacherSpec",
+    "is_unset",
+    "resolve_defaults",
+]
+
+
+def is_unset(value) -> bool:
+    """Whether a config value is left to the method's default: None, or NaN in a float field
+    (a config file writes `float("nan")` so that the field keeps its type, and the command line
+    still parses `--config.sigma=0.5` as a float)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def resolve_defaults(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, dict]:
+    """(a copy of `config` with the method's defaults filled in, {field: value} of those applied).
+
+    Each field of `Method.defaults` (`fm_jax.train.methods`) that the config leaves unset
+    (`is_unset`, or absent) takes the method's value; a value the config sets wins. The copy is
+    what a run records (`config.json`), so the values it trained with can be read back.
+    """
+    method = METHODS[config.method]
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    applied = {}
+    for field, value in method.defaults.items():
+        if is_unset(resolved.get(field)):
+            resolved[field] = value
+            applied[field] = value
+    return resolved, applied
 
 
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
@@ -271,14 +306,23 @@ class EngineSpec:
 @dataclasses.dataclass(frozen=True)
 class LoopSpec:
     """The driver: `num_steps`, a log line every `log_every` steps, a checkpoint every
-    `checkpoint_every` (0: at the end only) keeping `keep_checkpoints`, and parts of a call of
-    about `max_call_s` seconds (0: never cut)."""
+    `checkpoint_every` (0: at the end only) keeping `keep_checkpoints`, parts of a call of
+    about `max_call_s` seconds (0: never cut), and an evaluation every `eval_every` steps (0:
+    none; `fm_jax.train.metrics_log.PeriodicEval`), at the end of the call of `steps_per_call`
+    steps that reaches each multiple."""
+
+    def eval_at(self, step: int, steps_per_call: int) -> bool:
+        """Whether the run evaluates after `step`: at the end of a call that reached a multiple of `eval_every`."""
+        if not self.eval_every or step % steps_per_call:
+            return False
+        return step // self.eval_every > (step - steps_per_call) // self.eval_every
 
     num_steps: int
     log_every: int
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     max_call_s: float = 5.0
+    eval_every: int = 0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> LoopSpec:
@@ -299,7 +343,14 @@ class LoopSpec:
         max_call_s = config.get("max_call_s", 5.0)
         if not max_call_s >= 0:
             raise ValueError(f"config.max_call_s must be >= 0 (0 never cuts a train call), got {max_call_s}.")
-        return cls(config.num_steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, max_call_s)
+        eval_every = config.get("eval_every", 0)
+        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+            raise ValueError(
+                f"config.eval_every must be an integer >= 0 (steps between evaluations; 0: none), got {eval_every!r}."
+            )
+        return cls(
+            config.num_steps, config.log_every, config.checkpoint_every, config.keep_checkpoints, max_call_s, eval_every
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,8 +430,12 @@ class RunSpec:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, teacher: bool = True) -> RunSpec:
-        """Resolve and check a config; `teacher=False` skips reading the teacher run (a finished run read back)."""
+        """Resolve and check a config; `teacher=False` skips reading the teacher run (a finished run read back).
+        Fields the config leaves unset take the method's defaults (`resolve_defaults`)."""
         method = METHODS[config.method]
+        config, _ = resolve_defaults(config)
+        if is_unset(config.get("sigma")):
+            raise ValueError(f"config.sigma is unset and method {method.name!r} has no default: set --config.sigma.")
         if not (config.sigma >= 0 and math.isfinite(config.sigma)):
             raise ValueError(f"config.sigma must be >= 0 (the path's noise scale), got {config.sigma}.")
         data_spec = DataSpec.from_config(config, method)
@@ -388,7 +443,7 @@ class RunSpec:
         model = ModelSpec.from_config(config, method, data_spec)
         loss = LossSpec(
             sigma=config.sigma,
-            ot_solver=config.ot_solver,
+            ot_solver=LossSpec.ot_solver if is_unset(config.get("ot_solver")) else config.ot_solver,
             label_dropout=config.get("label_dropout", 0.0) if data_spec.num_classes else 0.0,
             null_label=data_spec.num_classes or None,
             beta=config.get("beta", 1.0),

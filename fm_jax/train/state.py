@@ -42,6 +42,8 @@ __all__ = [
     "build_optimizer",
     "checkpoint_tree",
     "init_state",
+    "learning_rate_at",
+    "learning_rate_schedule",
     "model_method",
 ]
 
@@ -117,15 +119,27 @@ def model_method(model: ModelSpec, name: str):
     return functional(nnx.eval_shape(lambda: build_module(model)), name)[0]
 
 
-def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
-    """Adam(W) at the spec's learning rate, after a linear warmup and with global-norm clipping where set."""
+def learning_rate_schedule(spec: OptimizerSpec) -> float | optax.Schedule:
+    """The spec's learning rate: a float, or an optax schedule of the update count (the linear
+    warmup, then the decay of `lr_decay`)."""
     rate = LR_DECAYS[spec.lr_decay](spec)
     if spec.warmup_steps:
         after = rate if callable(rate) else optax.constant_schedule(rate)
         rate = optax.join_schedules(
             [optax.linear_schedule(0.0, spec.learning_rate, spec.warmup_steps), after], [spec.warmup_steps]
         )
-    optimizer = OPTIMIZERS[spec.name](rate, spec.weight_decay)
+    return rate
+
+
+def learning_rate_at(spec: OptimizerSpec, step: int) -> float:
+    """The learning rate of the update made at step `step` (0 for the first one), as logged."""
+    rate = learning_rate_schedule(spec)
+    return float(rate(step)) if callable(rate) else float(rate)
+
+
+def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
+    """Adam(W) at the spec's learning rate, after a linear warmup and with global-norm clipping where set."""
+    optimizer = OPTIMIZERS[spec.name](learning_rate_schedule(spec), spec.weight_decay)
     return optax.chain(optax.clip_by_global_norm(spec.grad_clip), optimizer) if spec.grad_clip else optimizer
 
 

@@ -1,4 +1,4 @@
-"""The sharded train step: `steps(state, batches) -> (state, losses)`, one jitted call running
+"""The sharded train step: `steps(state, batches) -> (state, metrics)`, one jitted call running
 `K` optimizer steps (a `fori_loop`, or any consecutive part of them) on a device mesh, shardings explicit, the state's buffers donated.
 
 `batches` holds K batches, each leaf of shape (K, batch, ...), split over the mesh's "data"
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ __all__ = [
     "TrainSteps",
     "couple_global",
     "couple_in_groups",
+    "ema_decay_at",
+    "ema_initial_weight",
     "make_train_step",
     "mixed_precision",
     "split_coupling",
@@ -86,24 +89,63 @@ def mixed_precision(apply: Callable, precision: str) -> Callable:
     return apply_low
 
 
+def ema_decay_at(decay: float, step):
+    """The EMA decay of the update made at step `step` (the step count before it), with warm-up:
+
+        decay_t = min(decay, (1 + t) / (10 + t)),
+
+    so that the average forgets the random initial parameters quickly at first (0.1 at t = 0,
+    0.5 at t = 8, 0.9 at t = 81) and decays at `decay` once (1 + t) / (10 + t) reaches it (t =
+    9,989 for 0.999). A Python int step gives a Python float; an array step (inside jit) an array.
+    """
+    if isinstance(step, (int, np.integer)):
+        return min(float(decay), (1.0 + step) / (10.0 + step))
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_initial_weight(decay: float, steps: int) -> float:
+    """The weight the initial parameters still hold in the EMA after `steps` updates with decay
+    `decay` and the warm-up of `ema_decay_at`: prod_{t < steps} decay_t.
+
+    While (1 + t) / (10 + t) < decay the product telescopes, prod_{t < m} (1 + t) / (10 + t) =
+    9! m! / (m + 9)!, and each later update multiplies by `decay`. (Without the warm-up it
+    would be decay^steps: 0.999^300 = 0.74.) `decay` 0 (no EMA) gives 0 after any update.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1) (config.ema_decay), got {decay}.")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if steps == 0:
+        return 1.0
+    if decay == 0.0:
+        return 0.0
+    # (1 + t) / (10 + t) < decay  <=>  t < (10 decay - 1) / (1 - decay)
+    warm = min(steps, max(0, math.ceil((10.0 * decay - 1.0) / (1.0 - decay))))
+    log_warm = math.lgamma(10.0) + math.lgamma(warm + 1.0) - math.lgamma(warm + 10.0)
+    return math.exp(log_warm + (steps - warm) * math.log(decay))
+
+
 def _pairs(batch: dict) -> dict:
     return {name: batch[name] for name in ("x0", "x1", "label") if name in batch}
 
 
-def couple_global(coupling: Coupling, key: jax.Array, batch: dict, mesh: Mesh) -> dict:
+def couple_global(coupling: Coupling, key: jax.Array, batch: dict, mesh: Mesh, with_stats: bool = False):
     """Couple the whole global batch at once: gathered on every device first, then split again.
+    `with_stats=True` returns (batch, the coupling's stats) (`Coupling.call_with_stats`).
 
     The explicit gather also keeps a host solver (`ExactOT(solver="network_simplex")`) off a
     partially sharded operand, which XLA would otherwise gather inside the callback's schedule.
     """
     pairs = jax.lax.with_sharding_constraint(_pairs(batch), replicated(mesh))
-    x0, x1, labels = coupling(key, pairs["x0"], pairs["x1"], pairs.get("label"))
+    (x0, x1, labels), stats = coupling.call_with_stats(key, pairs["x0"], pairs["x1"], pairs.get("label"))
     coupled = {"x0": x0, "x1": x1} | ({} if labels is None else {"label": labels})
-    return batch | jax.lax.with_sharding_constraint(coupled, batch_sharding(mesh))
+    batch = batch | jax.lax.with_sharding_constraint(coupled, batch_sharding(mesh))
+    return (batch, stats) if with_stats else batch
 
 
-def couple_in_groups(coupling: Coupling, key: jax.Array, batch: dict, group: int, mesh: Mesh) -> dict:
-    """Couple each run of `group` consecutive examples on its own, on the device that holds it."""
+def couple_in_groups(coupling: Coupling, key: jax.Array, batch: dict, group: int, mesh: Mesh, with_stats: bool = False):
+    """Couple each run of `group` consecutive examples on its own, on the device that holds it.
+    `with_stats=True` returns (batch, the coupling's stats averaged over the groups)."""
     pairs = _pairs(batch)
 
     def local(key, pairs):
@@ -112,18 +154,21 @@ def couple_in_groups(coupling: Coupling, key: jax.Array, batch: dict, group: int
         first = jax.lax.axis_index(DATA) * count
         keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(first + jnp.arange(count))
         grouped = jax.tree.map(lambda x: x.reshape(count, group, *x.shape[1:]), pairs)
-        x0, x1, labels = jax.vmap(coupling)(keys, grouped["x0"], grouped["x1"], grouped.get("label"))
+        (x0, x1, labels), stats = jax.vmap(coupling.call_with_stats)(
+            keys, grouped["x0"], grouped["x1"], grouped.get("label")
+        )
         out = {"x0": x0, "x1": x1} | ({} if labels is None else {"label": labels})
-        return jax.tree.map(lambda x: x.reshape(per_device, *x.shape[2:]), out)
+        return jax.tree.map(lambda x: x.reshape(per_device, *x.shape[2:]), out), stats  # stats: (count,) each
 
-    coupled = jax.shard_map(
+    coupled, stats = jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(DATA)),
         out_specs=PartitionSpec(DATA),
         check_vma=False,  # ott-jax's Sinkhorn does not type its values' device variance
     )(key, pairs)
-    return batch | coupled
+    batch = batch | coupled
+    return (batch, jax.tree.map(jnp.mean, stats)) if with_stats else batch
 
 
 def split_coupling(loss: CFMLoss | FlowNLLLoss) -> tuple[Coupling, CFMLoss | FlowNLLLoss]:
@@ -144,9 +189,13 @@ def make_train_step(
     state_sharding: Any,
     dropout: bool = False,
 ) -> TrainSteps:
-    """The jitted `steps(state, batches) -> (state, losses of shape (K,))`; the state is donated.
+    """The jitted `steps(state, batches) -> (state, metrics)`; the state is donated.
 
-    `engine` gives the EMA decay, the coupling scope and group, and the network's precision.
+    `metrics` maps each name to its K values, one per step: "loss", "grad_norm" (the global L2
+    norm of the gradient, before any clipping), every other metric the loss returns (fastode's
+    "mse" and "kl", ...) and the coupling's stats (SB-CFM's "sinkhorn_converged",
+    "sinkhorn_epsilon" and "sinkhorn_iterations"). `engine` gives the EMA decay (warmed up, `ema_decay_at`), the coupling
+    scope and group, and the network's precision.
     """
     apply = mixed_precision(apply, engine.precision)
     ema_decay, coupling_scope, coupling_group = engine.ema_decay, engine.coupling_scope, engine.group(mesh.devices.size)
@@ -160,20 +209,28 @@ def make_train_step(
 
     def one_step(pairing: Coupling, state: TrainState, batch: dict):
         k_pair, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
+        stats: dict = {}
         if coupled and coupling_scope == "group":
-            batch = couple_in_groups(pairing, k_pair, batch, coupling_group, mesh)
+            batch, stats = couple_in_groups(pairing, k_pair, batch, coupling_group, mesh, with_stats=True)
         elif coupled:
-            batch = couple_global(pairing, k_pair, batch, mesh)
+            batch, stats = couple_global(pairing, k_pair, batch, mesh, with_stats=True)
         net = apply
         if dropout:
             net = functools.partial(apply, dropout_key=jax.random.fold_in(k_loss, DROPOUT_STREAM))
-        value, grads = jax.value_and_grad(lambda p: step_loss(net, p, k_loss, batch)[0])(state.params)
+        (value, metrics), grads = jax.value_and_grad(lambda p: step_loss(net, p, k_loss, batch), has_aux=True)(
+            state.params
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Without EMA the EMA buffers pass through untouched (donated, so aliased: no work);
         # readers take the params then (`fm_jax.train.workdir.load_run`).
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay) if ema_decay > 0 else state.ema_params
-        return TrainState(state.step + 1, params, opt_state, ema, state.key), value
+        if ema_decay > 0:
+            ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay_at(ema_decay, state.step))
+        else:
+            ema = state.ema_params
+        metrics = {name: jnp.asarray(v, jnp.float32) for name, v in (metrics | stats).items()}
+        metrics |= {"loss": value.astype(jnp.float32), "grad_norm": optax.tree.norm(grads).astype(jnp.float32)}
+        return TrainState(state.step + 1, params, opt_state, ema, state.key), metrics
 
     def steps(state: TrainState, batches: dict, teacher_params: Any = None, begin=0, count=None):
         pairing = unbound if teacher_params is None else dataclasses.replace(unbound, params=teacher_params)
@@ -183,21 +240,24 @@ def make_train_step(
             # One step per call runs outside a loop: XLA:CPU runs convolutions inside a while
             # loop ~20x slower than outside one (a U-Net step on 8x8 digits: 6.5 s vs 0.33 s),
             # so convolutional models train with steps_per_call = 1 on CPUs.
-            state, value = step(state, jax.tree.map(lambda x: x[0], batches))
-            return state, value[None]
+            state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
+            return state, jax.tree.map(lambda v: v[None], metrics)
 
         # Steps begin .. begin + count - 1 of the K batches, the bounds traced: one program
         # runs a whole call or any part of it with the same loop body, so a call cut into
         # parts (to honour a stop within seconds) gives the same numbers, bit for bit.
         def body(i, carry):
             state, values = carry
-            state, value = step(
+            state, metrics = step(
                 state, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
             )
-            return state, values.at[i].set(value)
+            return state, jax.tree.map(lambda all_, v: all_.at[i].set(v), values, metrics)
 
+        # The metrics' names, from the step's abstract evaluation (no computation).
+        shapes = jax.eval_shape(step, state, jax.tree.map(lambda x: x[0], batches))[1]
+        values = jax.tree.map(lambda v: jnp.zeros((calls,), v.dtype), shapes)
         end = begin + (calls if count is None else count)
-        return jax.lax.fori_loop(begin, end, body, (state, jnp.zeros((calls,), jnp.float32)))
+        return jax.lax.fori_loop(begin, end, body, (state, values))
 
     jitted = jax.jit(
         steps,
@@ -212,10 +272,11 @@ def make_train_step(
 
 @dataclasses.dataclass(frozen=True)
 class TrainSteps:
-    """The jitted `steps(state, batches, begin=0, count=K) -> (state, losses (K,))` with a
+    """The jitted `steps(state, batches, begin=0, count=K) -> (state, metrics)` with a
     teacher's parameters bound (an argument of the program, laid out on the mesh once; None
-    without a teacher). It runs steps begin .. begin + count - 1 of the K batches; the losses
-    of the others are 0."""
+    without a teacher). It runs steps begin .. begin + count - 1 of the K batches; `metrics`
+    maps each name ("loss", "grad_norm", ...: see `make_train_step`) to K values, 0 for the
+    steps not run."""
 
     jitted: Callable
     teacher_params: Any = None
