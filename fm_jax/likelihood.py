@@ -32,6 +32,7 @@ for [0, 1) data and 7 for [-1, 1) with K = 256.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from fm_jax.checks import check_batch_array, check_callable, check_key
 from fm_jax.primitives import standard_normal_log_prob
 from fm_jax.solvers import SolverSpec, VectorField, encode
 
@@ -168,6 +170,9 @@ def log_likelihood(
     Returns:
         The `LogLikelihood`: log p_t(x) of shape (batch,), x0, delta, the NFE and the steps taken.
     """
+    call = "log_likelihood(vf, x, source_log_prob, divergence, key=..., ...)"
+    check_callable(vf, "vf", "the field vf(t, x) -> dx/dt", call)
+    check_batch_array(x, "x", call, min_ndim=2)
     if not callable(source_log_prob):
         raise ValueError(f"source_log_prob must be a function x0 -> (batch,) log-densities, got {source_log_prob!r}.")
     if divergence not in DIVERGENCES:
@@ -175,19 +180,20 @@ def log_likelihood(
     if divergence == "hutchinson":
         if key is None:
             raise ValueError("divergence='hutchinson' draws random probes: pass key=jax.random.key(seed).")
+        check_key(key, "key", call)
         if probe not in PROBES:
             raise ValueError(f"Unknown probe {probe!r}; choose one of {PROBES}.")
         if int(num_probes) < 1:
             raise ValueError(f"num_probes must be a positive integer, got {num_probes}.")
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"t must be a Python float in (0, 1] (it is static), got {t!r}.")
     if not 0.0 < float(t) <= 1.0:
         raise ValueError(f"t must lie in (0, 1], got {t}: the log-density at t = 0 is source_log_prob itself.")
-    if x.ndim < 2:
-        raise ValueError(f"x must be batch-first with shape (batch, ...), got shape {x.shape}.")
 
     if divergence == "exact":
         div = lambda s, y: exact_divergence(vf, s, y, chunk_size)
     else:
-        probes = _probes(key, probe, int(num_probes), x)  # type: ignore[arg-type]  # key checked above
+        probes = _probes(key, probe, int(num_probes), x)  # key checked above
         div = lambda s, y: hutchinson_divergence(vf, s, y, probes)
 
     def augmented(s: jax.Array, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -255,6 +261,10 @@ def dequantized_bits_per_dim(
     Returns:
         (batch,) bits per dimension.
     """
+    call = "dequantized_bits_per_dim(log_prob_fn, x, key, ...)"
+    check_callable(log_prob_fn, "log_prob_fn", "a function z -> (batch,) log-densities", call)
+    check_batch_array(x, "x", call, floating=False)
+    check_key(key, "key", call)
     if estimator not in ("mean", "logmeanexp"):
         raise ValueError(f"Unknown estimator {estimator!r}; choose 'mean' or 'logmeanexp'.")
     if jnp.issubdtype(x.dtype, jnp.floating):

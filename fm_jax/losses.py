@@ -39,12 +39,13 @@ teacher; Berthelot et al. 2026): -log p(x1 + eta eps) per dimension, in nats, wi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from fm_jax.checks import check_batch_array, check_callable, check_key, describe, is_key
 from fm_jax.couplings import Coupling, Independent
 from fm_jax.paths import GaussianPath
 
@@ -62,6 +63,35 @@ __all__ = [
 
 TARGETS = ("velocity", "x1", "eps")
 DROP_STREAM = 0xC1A55
+_CALL = "loss(apply, params, key, batch)"
+
+
+def _check_call(apply: Any, key: Any, batch: Any, network: str) -> jax.Array:
+    """Check a loss call's arguments (trace-time: types, shapes, dtypes) and return batch["x1"].
+
+    A KeyError for a batch without "x1"; a TypeError or ValueError naming the argument otherwise,
+    and saying so when key and batch were swapped.
+    """
+    if isinstance(key, Mapping) and is_key(batch):
+        raise TypeError(f"key and batch are swapped: the call is {_CALL}, with the key third and the dict fourth.")
+    check_callable(apply, "apply", network, _CALL)
+    check_key(key, "key", _CALL)
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"batch must be a dict with the data under 'x1' (the call is {_CALL}); got {describe(batch)}.")
+    if "x1" not in batch:
+        raise KeyError(f"batch needs the data under 'x1'; got keys {sorted(batch)}.")
+    x1 = batch["x1"]
+    check_batch_array(x1, "batch['x1']", _CALL)
+    if "x0" in batch:
+        check_batch_array(batch["x0"], "batch['x0']", _CALL)
+        if tuple(batch["x0"].shape) != tuple(x1.shape):
+            raise ValueError(f"batch['x0'] must have the shape of batch['x1'], {x1.shape}; got {batch['x0'].shape}.")
+    labels = batch.get("label")
+    if labels is not None and (jnp.ndim(labels) < 1 or jnp.shape(labels)[0] != x1.shape[0]):
+        raise ValueError(
+            f"batch['label'] must have one entry per example, shape ({x1.shape[0]},); got shape {jnp.shape(labels)}."
+        )
+    return x1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +160,7 @@ class CFMLoss:
             (loss, metrics): the scalar loss and a dict of scalars ("loss", and "mse" with the
             source's own metrics where the source adds a penalty).
         """
-        if "x1" not in batch:
-            raise KeyError(f"batch needs the data under 'x1'; got keys {sorted(batch)}.")
-        x1 = batch["x1"]
+        x1 = _check_call(apply, key, batch, "the network apply(params, t, x_t, cond)")
         labels = batch.get("label")
         k_x0, k_pair, k_t, k_z = jax.random.split(key, 4)
         x0 = batch["x0"] if "x0" in batch else jax.random.normal(k_x0, x1.shape, x1.dtype)
@@ -217,7 +245,7 @@ class FlowNLLLoss:
         Returns:
             (loss, {"loss": loss}), the loss in nats per dimension.
         """
-        x1 = batch["x1"]
+        x1 = _check_call(apply, key, batch, "the flow's log-density apply(params, x)")
         noisy = x1 + self.noise * jax.random.normal(key, x1.shape, x1.dtype)
         loss = -jnp.mean(apply(params, noisy)) / (x1.size // x1.shape[0])
         return loss, {"loss": loss}

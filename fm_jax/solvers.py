@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
+from fm_jax.checks import check_batch_array, check_callable, check_key, describe
 from fm_jax.paths import GaussianPath
 from fm_jax.registry import Registry
 
@@ -72,8 +73,16 @@ VectorField = Callable[[jax.Array, jax.Array], jax.Array]
 class Solution(NamedTuple):
     """End states x at t1, the number of vector-field evaluations, and the trajectory when asked.
 
-    `ts` has shape (K,) and `trajectory` (K, *x.shape); with `save_trajectory=True` and an
-    adaptive solver, unused slots after the last step are padded with inf.
+    - `x`: the state at t1, of the shape of x0, (batch, ...) (a pytree like x0 for a pytree state).
+    - `nfe`: the vector-field evaluations made (a scalar array); `num_steps` the steps taken.
+    - `ts`: the K saved times, shape (K,), from t0 to t1; None unless `save_trajectory`.
+    - `trajectory`: the states at those times, shape (K, batch, ...): `trajectory[k]` is the
+      whole batch at `ts[k]`, `trajectory[0]` is x0 and `trajectory[-1]` is x (a pytree of such
+      arrays for a pytree state); None unless `save_trajectory`.
+
+    K is `save_trajectory` when it is an int (equally spaced times, t0 and t1 included); with
+    `save_trajectory=True` it is steps + 1 for fixed steps, and max_steps + 1 for an adaptive
+    solve, whose unused slots after the last step are padded with inf (in ts and trajectory).
     """
 
     x: jax.Array
@@ -114,14 +123,49 @@ def is_adaptive(solver: str | diffrax.AbstractSolver) -> bool:
 
 
 def check_adaptive(solver: str | diffrax.AbstractSolver) -> None:
-    """Raise a ValueError unless the solver has an error estimate (can take rtol/atol steps)."""
+    """Raise a ValueError unless the solver has an error estimate (can take rtol/atol steps);
+    the message says how to give it fixed steps in Python and on the command line."""
     solver = get_solver(solver)
     if not is_adaptive(solver):
         name = type(solver).__name__
+        key = name.lower()
         raise ValueError(
-            f"{name} has no error estimate: give it a number of steps ({name.lower()}:N, or "
-            "--steps N), or use an adaptive solver such as 'dopri5'."
+            f"{name} has no error estimate: give it a number of steps (in Python steps=N, e.g. "
+            f"sample(vf, x0, {key!r}, steps=100) or SolverSpec({key!r}, steps=100); on the command line "
+            f"{key}:N or --steps N), or use an adaptive solver such as 'dopri5' (the default)."
         )
+
+
+def _check_solver_arg(solver: Any, call: str) -> None:
+    """A TypeError unless `solver` is a name, a Diffrax solver or a `SolverSpec`."""
+    if not isinstance(solver, (str, diffrax.AbstractSolver, SolverSpec)):
+        hint = (
+            f" (for fixed steps pass steps={solver})"
+            if isinstance(solver, int) and not isinstance(solver, bool)
+            else ""
+        )
+        raise TypeError(
+            f"solver must be a solver name such as 'dopri5' or 'euler', a SolverSpec or a Diffrax solver "
+            f"(the call is {call}); got {describe(solver)}{hint}."
+        )
+
+
+def _check_state(x0: Any, name: str, call: str) -> None:
+    """A TypeError/ValueError unless `x0` is a batch-first float array, or a pytree of them."""
+    leaves = jax.tree.leaves(x0)
+    if not leaves:
+        raise TypeError(f"{name} must be a batch-first array (batch, ...) (the call is {call}); got {describe(x0)}.")
+    for leaf in leaves:
+        check_batch_array(leaf, name, call)
+
+
+def _check_times(t0: Any, t1: Any) -> None:
+    """A ValueError unless t0 and t1 are scalars, and different ones where they are known."""
+    for name, t in (("t0", t0), ("t1", t1)):
+        if jnp.ndim(t) != 0:
+            raise ValueError(f"{name} must be a scalar time, got shape {jnp.shape(t)}.")
+    if isinstance(t0, (int, float)) and isinstance(t1, (int, float)) and t0 == t1:
+        raise ValueError(f"t0 and t1 must differ (the flow runs from t0 to t1), got t0 = t1 = {t0}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,22 +330,30 @@ def sample(
     `solver` is a name (`ODE_SOLVERS`), a Diffrax solver, or a `SolverSpec`, which carries
     the steps or tolerances itself. Otherwise give `steps` (fixed step size (t1 - t0) /
     steps) or tolerances (adaptive, PID step-size control; `DEFAULT_TOL` for one not given);
-    a name alone is solved adaptively at `DEFAULT_TOL`. `save_trajectory`: an int K saves K equally spaced times from t0
-    to t1 (the dense output of the solver in between steps); True saves t0 and the state
-    after every step (exactly steps + 1 states with fixed steps; padded with inf up to
-    max_steps + 1 when adaptive).
+    a name alone is solved adaptively at `DEFAULT_TOL`, and no solver at all is Dopri5 there.
+    `save_trajectory`: an int K saves K equally spaced times from t0 to t1 (the dense output of
+    the solver in between steps); True saves t0 and the state after every step (exactly
+    steps + 1 states with fixed steps; padded with inf up to max_steps + 1 when adaptive).
+    The saved times are `Solution.ts`, shape (K,), and the states `Solution.trajectory`, shape
+    (K, batch, ...): `trajectory[k]` is the whole batch at time `ts[k]`.
 
     Args:
         vf: the field, `vf(t, x)` on the state (an array, or the pytree x0 is).
-        x0: the state at t0, batch-first.
+        x0: the state at t0, a batch-first float array (batch, ...) or a pytree of them.
         solver, steps, rtol, atol: the solver, as above.
         t0, t1: the start and end times (t1 < t0 integrates backward).
         save_trajectory: False, True or a number of times, as above.
         max_steps: the most steps an adaptive solve may take.
 
     Returns:
-        The `Solution`: the state at t1, the NFE, the steps taken and the trajectory when asked.
+        The `Solution`: the state at t1 (the shape of x0), the NFE, the steps taken and, when
+        asked, the K saved times `ts` (K,) and states `trajectory` (K, batch, ...).
     """
+    call = "sample(vf, x0, solver, ...)"
+    check_callable(vf, "vf", "the field vf(t, x) -> dx/dt", call)
+    _check_state(x0, "x0", call)
+    _check_solver_arg(solver, call)
+    _check_times(t0, t1)
     if isinstance(solver, SolverSpec):
         if steps is not None or rtol is not None or atol is not None:
             raise ValueError("A SolverSpec carries its steps and tolerances: pass no steps=, rtol= or atol= with it.")
@@ -380,6 +432,9 @@ def encode(
     Returns:
         The `Solution` at t1 (the source end by default).
     """
+    call = "encode(vf, x1, solver, ...)"
+    check_callable(vf, "vf", "the field vf(t, x) -> dx/dt", call)
+    _check_state(x1, "x1", call)
     kwargs.setdefault("t0", 1.0)
     kwargs.setdefault("t1", 0.0)
     return sample(vf, x1, solver, **kwargs)
@@ -453,6 +508,18 @@ def sample_sde(
     up to t1 = 1 with every solver. `key` picks the Brownian path, the same one at every
     number of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
     """
+    call = "sample_sde(vf, x0, key, score, diffusion, ...)"
+    check_callable(vf, "vf", "the field vf(t, x) -> dx/dt", call)
+    check_batch_array(x0, "x0", call)
+    check_key(key, "key", call)
+    if not (isinstance(score, GaussianPath) or callable(score)):
+        raise TypeError(
+            f"score must be a function score(t, x) or a GaussianPath (the call is {call}); got {describe(score)}."
+        )
+    if not (callable(diffusion) or jnp.ndim(diffusion) == 0):
+        raise TypeError(
+            f"diffusion must be a constant or a function g(t) (the call is {call}); got {describe(diffusion)}."
+        )
     if isinstance(solver, SolverSpec):
         if solver.adaptive:
             raise ValueError(f"SDE sampling runs in fixed steps: give it steps ({solver.name}:100, or --steps 100).")

@@ -314,3 +314,25 @@ def test_bad_input():
         solvers.sample_sde(flow.velocity, x, jax.random.key(0), score, 1.0, solver="dopri5")
     with pytest.raises(ValueError, match="t0 < t1"):
         solvers.sample_sde(flow.velocity, x, jax.random.key(0), score, 1.0, t0=1.0, t1=0.0)
+
+
+def test_swapped_or_ill_shaped_arguments_are_named():
+    flow = fm.GaussianFlow(PATH)
+    x = jnp.zeros((4, 2))
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match=r"vf must be the field vf\(t, x\) -> dx/dt \(the call is log_likelihood"):
+        likelihood.log_likelihood(x, flow.velocity)
+    with pytest.raises(TypeError, match=r"x must be a batch-first array.*got the callable"):
+        likelihood.log_likelihood(flow.velocity, flow.velocity)
+    with pytest.raises(TypeError, match=r"key must be a JAX random key.*got int 3"):
+        likelihood.log_likelihood(flow.velocity, x, divergence="hutchinson", key=3)
+    with pytest.raises(TypeError, match=r"t must be a Python float in \(0, 1\] \(it is static\)"):
+        likelihood.log_likelihood(flow.velocity, x, t=jnp.asarray(1.0))
+    levels = jnp.zeros((4, 2), jnp.int32)
+    with pytest.raises(
+        TypeError, match=r"key must be a JAX random key, jax.random.key\(seed\) \(the call is dequantized_bits_per_dim"
+    ):
+        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, levels, 0)
+    with pytest.raises(TypeError, match=r"x must be a batch-first array.*got a key array"):
+        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, key, levels)  # x and key swapped
+    assert likelihood.log_likelihood(flow.velocity, x, t=1).log_prob.shape == (4,)  # an int t is a real number

@@ -187,3 +187,39 @@ def test_only_paths_with_a_singular_end_narrow_the_time_range():
     for path in ALL_PATHS:
         singular = isinstance(path, fm.paths.Cosine) or (isinstance(path, fm.paths.BrownianBridge) and path.has_noise)
         assert (path.t_range != (0.0, 1.0)) == singular, path
+
+
+def test_loss_arguments_are_checked_and_named():
+    """Swapped or ill-shaped arguments fail at the loss's boundary, with the argument and the call named."""
+    loss = fm.cfm_loss(fm.paths.CondOT())
+    apply = lambda p, t, x, c: x
+    key = jax.random.key(0)
+    x1 = jnp.ones((4, 2))
+    with pytest.raises(TypeError, match=r"key and batch are swapped: the call is loss\(apply, params, key, batch\)"):
+        loss(apply, None, {"x1": x1}, key)
+    with pytest.raises(TypeError, match=r"key must be a JAX random key.*got int 0"):
+        loss(apply, None, 0, {"x1": x1})
+    with pytest.raises(TypeError, match=r"apply must be the network apply\(params, t, x_t, cond\).*got a dict"):
+        loss({"w": 1.0}, apply, key, {"x1": x1})  # apply and params swapped
+    with pytest.raises(
+        TypeError, match=r"batch must be a dict with the data under 'x1'.*got an array of shape \(4, 2\)"
+    ):
+        loss(apply, None, key, x1)
+    with pytest.raises(TypeError, match=r"batch\['x1'\] must hold floating-point values.*got dtype uint8"):
+        loss(apply, None, key, {"x1": jnp.zeros((4, 2), jnp.uint8)})
+    with pytest.raises(ValueError, match=r"batch\['x1'\] must be batch-first.*got shape \(\)"):
+        loss(apply, None, key, {"x1": jnp.float32(1.0)})
+    with pytest.raises(ValueError, match=r"batch\['x0'\] must have the shape of batch\['x1'\], \(4, 2\); got \(3, 2\)"):
+        loss(apply, None, key, {"x1": x1, "x0": jnp.ones((3, 2))})
+    with pytest.raises(
+        ValueError, match=r"batch\['label'\] must have one entry per example, shape \(4,\); got shape \(3,\)"
+    ):
+        loss(apply, None, key, {"x1": x1, "label": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(TypeError, match="key and batch are swapped"):
+        fm.losses.flow_nll_loss()(lambda p, x: x.sum(1), None, {"x1": x1}, key)
+    # A legacy raw key is a key too, and the checks run while tracing (shapes and dtypes only).
+    assert np.isfinite(float(loss(apply, None, jax.random.PRNGKey(0), {"x1": x1})[0]))
+    traced = jax.jit(lambda k, b: loss(apply, None, k, b)[0])
+    assert np.isfinite(float(traced(key, {"x1": x1})))
+    with pytest.raises(TypeError, match="key and batch are swapped"):
+        traced({"x1": x1}, key)

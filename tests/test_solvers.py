@@ -254,3 +254,72 @@ def test_classifier_free_guidance_extrapolates_from_the_unconditional_field_in_o
     assert network_calls[0] == 1
     with pytest.raises(ValueError, match="null_label"):
         fm.velocity_field(apply, None, cond=labels, guidance=2.0)
+
+
+def test_the_default_solver_needs_no_argument_and_a_fixed_step_one_says_how_to_give_it_steps():
+    default = fm.sample(FLOW.velocity, X0)  # adaptive Dopri5 at DEFAULT_TOL
+    np.testing.assert_array_equal(default.x, fm.sample(FLOW.velocity, X0, fm.SolverSpec()).x)
+    np.testing.assert_allclose(default.x, FLOW.flow_map(X0), atol=1e-3)
+    fix = r"Euler has no error estimate: give it a number of steps \(in Python steps=N, e\.g\. "
+    fix += r"sample\(vf, x0, 'euler', steps=100\) or SolverSpec\('euler', steps=100\); on the command line euler:N"
+    for call in (
+        lambda: fm.sample(FLOW.velocity, X0, "euler"),
+        lambda: fm.sample(FLOW.velocity, X0, diffrax.Euler()),
+        lambda: fm.SolverSpec("euler"),
+        lambda: fm.encode(FLOW.velocity, X0, "euler"),
+    ):
+        with pytest.raises(ValueError, match=fix):
+            call()
+    # The fixes the message names work.
+    assert int(fm.sample(FLOW.velocity, X0, "euler", steps=100).nfe) == 100
+    assert int(fm.sample(FLOW.velocity, X0, fm.SolverSpec("euler", steps=100)).nfe) == 100
+
+
+def test_swapped_or_ill_shaped_arguments_are_named_at_trace_time():
+    key = jax.random.key(0)
+    call = r"\(the call is sample\(vf, x0, solver, \.\.\.\)\)"
+    with pytest.raises(
+        TypeError, match=r"vf must be the field vf\(t, x\) -> dx/dt " + call + "; got an array of shape"
+    ):
+        fm.sample(X0, FLOW.velocity)
+    with pytest.raises(ValueError, match=r"x0 must be batch-first with shape \(batch, \.\.\.\).*got shape \(\)"):
+        fm.sample(FLOW.velocity, jnp.float32(1.0))
+    with pytest.raises(TypeError, match=r"x0 must hold floating-point values.*got dtype int32"):
+        fm.sample(FLOW.velocity, jnp.zeros((4, 2), jnp.int32), "euler", steps=2)
+    with pytest.raises(TypeError, match=r"x0 must be a batch-first array.*got a key array of shape \(\)"):
+        fm.sample(FLOW.velocity, key)
+    with pytest.raises(
+        TypeError, match=r"solver must be a solver name.*got int 100 \(for fixed steps pass steps=100\)"
+    ):
+        fm.sample(FLOW.velocity, X0, 100)
+    with pytest.raises(ValueError, match="t0 and t1 must differ"):
+        fm.sample(FLOW.velocity, X0, t0=0.5, t1=0.5)
+    with pytest.raises(ValueError, match=r"t1 must be a scalar time, got shape \(3,\)"):
+        fm.sample(FLOW.velocity, X0, t1=jnp.ones(3))
+    with pytest.raises(TypeError, match=r"x1 must be a batch-first array \(batch, \.\.\.\) \(the call is encode"):
+        fm.encode(FLOW.velocity, None)
+    sde = r"\(the call is sample_sde\(vf, x0, key, score, diffusion, \.\.\.\)\)"
+    with pytest.raises(TypeError, match=r"key must be a JAX random key, jax.random.key\(seed\) " + sde + "; got int 0"):
+        fm.sample_sde(FLOW.velocity, X0, 0, fm.paths.CondOT(), 1.0)
+    with pytest.raises(TypeError, match=r"x0 must be a batch-first array .*got a key array"):
+        fm.sample_sde(FLOW.velocity, key, X0, fm.paths.CondOT(), 1.0)  # x0 and key swapped
+    with pytest.raises(TypeError, match="score must be a function score"):
+        fm.sample_sde(FLOW.velocity, X0, key, "condot", 1.0)
+    # Under jit the checks read the tracers' shapes and dtypes: valid calls trace, bad ones fail while tracing.
+    np.testing.assert_allclose(
+        jax.jit(lambda x: fm.sample(FLOW.velocity, x, "euler", steps=3).x)(X0),
+        fm.sample(FLOW.velocity, X0, "euler", steps=3).x,
+        atol=1e-5,
+    )
+    with pytest.raises(TypeError, match="x0 must hold floating-point values"):
+        jax.jit(lambda x: fm.sample(FLOW.velocity, x, "euler", steps=3).x)(jnp.zeros((4, 2), jnp.int32))
+
+
+def test_trajectory_shapes_are_as_documented():
+    """ts (K,) from t0 to t1 and trajectory (K, batch, ...) with trajectory[0] = x0 and trajectory[-1] = x."""
+    for save, k in ((5, 5), (True, 4 + 1)):
+        sol = fm.sample(FLOW.velocity, X0, "heun", steps=4, save_trajectory=save)
+        assert sol.ts.shape == (k,) and sol.trajectory.shape == (k, *X0.shape)
+        assert float(sol.ts[0]) == 0.0 and float(sol.ts[-1]) == 1.0
+        np.testing.assert_array_equal(sol.trajectory[0], X0)
+        np.testing.assert_allclose(sol.trajectory[-1], sol.x, atol=1e-5)  # t1 read off the dense output
