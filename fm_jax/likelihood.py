@@ -234,9 +234,9 @@ def bits_per_dim(log_prob: jax.Array, num_dims: int, log_scale: float = 0.0) -> 
 
 
 def dequantized_bits_per_dim(
+    key: jax.Array,
     log_prob_fn: Callable[[jax.Array], jax.Array],
     x: jax.Array,
-    key: jax.Array,
     num_samples: int = 1,
     num_levels: int = 256,
     low: float = -1.0,
@@ -252,19 +252,19 @@ def dequantized_bits_per_dim(
     (a tighter bound that approaches the discrete likelihood as num_samples grows).
 
     Args:
+        key: the key of the dequantization noise (first, as in every function that draws).
         log_prob_fn: `log_prob_fn(z) -> (batch,)` log-densities of the model.
         x: (batch, ...) integer levels.
-        key: the key of the dequantization noise.
         num_samples, num_levels, estimator: as above.
         low, high: the interval the model's z spans.
 
     Returns:
         (batch,) bits per dimension.
     """
-    call = "dequantized_bits_per_dim(log_prob_fn, x, key, ...)"
+    call = "dequantized_bits_per_dim(key, log_prob_fn, x, ...)"
+    check_key(key, "key", call)
     check_callable(log_prob_fn, "log_prob_fn", "a function z -> (batch,) log-densities", call)
     check_batch_array(x, "x", call, floating=False)
-    check_key(key, "key", call)
     if estimator not in ("mean", "logmeanexp"):
         raise ValueError(f"Unknown estimator {estimator!r}; choose 'mean' or 'logmeanexp'.")
     if jnp.issubdtype(x.dtype, jnp.floating):

@@ -484,9 +484,9 @@ def _sde_drift_calls(solver: diffrax.AbstractSolver) -> int:
 
 
 def sample_sde(
+    key: jax.Array,
     vf: VectorField,
     x0: jax.Array,
-    key: jax.Array,
     score: VectorField | GaussianPath,
     diffusion: float | Callable[[jax.Array], jax.Array],
     solver: str | SolverSpec = "euler",
@@ -497,7 +497,7 @@ def sample_sde(
 ) -> Solution:
     """Integrate dx = [vf + g^2 / 2 score] dt + g dW from x(t0) = x0 to t1 > t0 in `steps` fixed steps.
 
-    `solver` is a name of `SDE_SOLVERS`, or a `SolverSpec` with its steps ("euler:100").
+    `key` picks the Brownian path (first, as in every function that draws). `solver` is a name of `SDE_SOLVERS`, or a `SolverSpec` with its steps ("euler:100").
 
     `diffusion` is g: a constant or a function of scalar t. `score` is grad log p_t: a
     function `score(t, x)`, or a `GaussianPath`, whose score is converted from the same
@@ -505,13 +505,13 @@ def sample_sde(
     Where g(t) = 0 the score term is dropped, computed at a safe time and discarded, so that
     neither values nor gradients see a singular score there: a g that vanishes where the score
     is singular, such as g(t) = c * path.noise_scale(t)[0] for a path with s(1) = 0, samples
-    up to t1 = 1 with every solver. `key` picks the Brownian path, the same one at every
-    number of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
+    up to t1 = 1 with every solver. One key gives one Brownian path, the same at every number
+    of steps. `nfe` counts drift evaluations. `save_trajectory` as in `sample`.
     """
-    call = "sample_sde(vf, x0, key, score, diffusion, ...)"
+    call = "sample_sde(key, vf, x0, score, diffusion, ...)"
+    check_key(key, "key", call)
     check_callable(vf, "vf", "the field vf(t, x) -> dx/dt", call)
     check_batch_array(x0, "x0", call)
-    check_key(key, "key", call)
     if not (isinstance(score, GaussianPath) or callable(score)):
         raise TypeError(
             f"score must be a function score(t, x) or a GaussianPath (the call is {call}); got {describe(score)}."

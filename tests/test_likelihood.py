@@ -181,7 +181,7 @@ def test_bits_per_dim_of_a_uniform_model_is_the_pixel_depth():
         uniform = lambda z: jnp.full(z.shape[:1], -math.prod(z.shape[1:]) * math.log(high - low))
         for estimator in ("mean", "logmeanexp"):
             bpd = likelihood.dequantized_bits_per_dim(
-                uniform, x, jax.random.key(1), num_samples=3, low=low, high=high, estimator=estimator
+                jax.random.key(1), uniform, x, num_samples=3, low=low, high=high, estimator=estimator
             )
             np.testing.assert_allclose(bpd, 8.0, rtol=1e-6)
 
@@ -190,12 +190,12 @@ def test_dequantized_bits_per_dim_of_a_gaussian_model():
     # z ~ N(0, 1) per pixel in [-1, 1] scaling: the mean estimator is the average of -log2 p_y / D.
     x = jax.random.randint(jax.random.key(0), (4, 6), 100, 156)
     key = jax.random.key(2)
-    bpd = likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, key, num_samples=4)
+    bpd = likelihood.dequantized_bits_per_dim(key, standard_normal_log_prob, x, num_samples=4)
     u = jax.vmap(lambda k: jax.random.uniform(k, x.shape))(jax.random.split(key, 4))
     z = -1.0 + 2.0 * (x + u) / 256
     per_draw = -(standard_normal_log_prob(z.reshape(-1, 6)).reshape(4, 4) + 6 * math.log(2 / 256))
     np.testing.assert_allclose(bpd, per_draw.mean(0) / (6 * math.log(2)), rtol=1e-5)
-    tight = likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, key, num_samples=4, estimator="logmeanexp")
+    tight = likelihood.dequantized_bits_per_dim(key, standard_normal_log_prob, x, num_samples=4, estimator="logmeanexp")
     assert np.all(tight <= bpd + 1e-6)  # Jensen
     assert np.all(np.abs(tight - bpd) < 1e-3)  # a smooth density hardly varies within a level
     np.testing.assert_allclose(likelihood.bits_per_dim(jnp.array(-10.0), 5), 10 / (5 * math.log(2)))
@@ -224,7 +224,7 @@ def test_sde_sampling_reaches_the_gaussian_target():
     # (solver, steps, samples, covariance tolerance): Euler-Maruyama's O(dt) bias is ~0.007 at 100 steps.
     for solver, steps, n, tol in (("euler", 100, 10_000, 0.02), ("shark", 50, 20_000, 0.01)):
         sol = jax.jit(
-            lambda x: solvers.sample_sde(flow.velocity, x, jax.random.key(1), score, g, solver=solver, steps=steps)
+            lambda x: solvers.sample_sde(jax.random.key(1), flow.velocity, x, score, g, solver=solver, steps=steps)
         )(x0[:n])
         assert int(sol.nfe) == steps * (2 if solver == "shark" else 1)
         np.testing.assert_allclose(sol.x.mean(0), [3.0, -1.0], atol=0.02)
@@ -246,7 +246,7 @@ def test_sde_nfe_is_the_network_calls_actually_made(solver, per_step):
     x0 = jax.random.normal(jax.random.key(0), (16, 2))
     g = lambda t: 0.7 * PATH.noise_scale(t)[0]
     # The path as the score: converted from the same velocity call, so one call per drift evaluation.
-    sol = jax.jit(lambda x: solvers.sample_sde(vf, x, jax.random.key(1), PATH, g, solver=solver, steps=6))(x0)
+    sol = jax.jit(lambda x: solvers.sample_sde(jax.random.key(1), vf, x, PATH, g, solver=solver, steps=6))(x0)
     jax.block_until_ready(sol.x)
     assert int(sol.nfe) == 6 * per_step == calls[0]
     assert np.all(np.isfinite(sol.x))
@@ -258,7 +258,7 @@ def test_sde_gradients_are_finite_up_to_the_singular_end():
     g = lambda t: 0.7 * PATH.noise_scale(t)[0]
     x0 = jax.random.normal(jax.random.key(0), (8, 2))
     loss = lambda x: jnp.sum(
-        solvers.sample_sde(flow.velocity, x, jax.random.key(1), PATH, g, solver="heun", steps=4).x ** 2
+        solvers.sample_sde(jax.random.key(1), flow.velocity, x, PATH, g, solver="heun", steps=4).x ** 2
     )
     grad = jax.grad(loss)(x0)
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
@@ -278,7 +278,7 @@ def test_sde_noise_is_one_brownian_path_per_key():
     score = solvers.score_from_velocity(flow.velocity, PATH)
     x0 = jax.random.normal(jax.random.key(0), (500, 2))
     run = jax.jit(
-        lambda key, steps: solvers.sample_sde(flow.velocity, x0, key, score, 0.8, solver="shark", steps=steps, t1=0.9),
+        lambda key, steps: solvers.sample_sde(key, flow.velocity, x0, score, 0.8, solver="shark", steps=steps, t1=0.9),
         static_argnums=1,
     )
     a, b = run(jax.random.key(1), 64), run(jax.random.key(1), 64)
@@ -287,7 +287,7 @@ def test_sde_noise_is_one_brownian_path_per_key():
     fine, other = run(jax.random.key(1), 128), run(jax.random.key(2), 64)
     rms = lambda u, v: float(jnp.sqrt(jnp.mean((u - v) ** 2)))
     assert rms(a.x, fine.x) < 0.01 * rms(a.x, other.x)
-    traj = solvers.sample_sde(flow.velocity, x0, jax.random.key(1), score, 0.8, steps=8, save_trajectory=True)
+    traj = solvers.sample_sde(jax.random.key(1), flow.velocity, x0, score, 0.8, steps=8, save_trajectory=True)
     assert traj.trajectory.shape == (9, 500, 2)
     np.testing.assert_array_equal(traj.trajectory[0], x0)
 
@@ -308,12 +308,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="batch-first"):
         likelihood.log_likelihood(flow.velocity, jnp.zeros(2))
     with pytest.raises(ValueError, match="integer levels"):
-        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, x, jax.random.key(0))
+        likelihood.dequantized_bits_per_dim(jax.random.key(0), standard_normal_log_prob, x)
     score = solvers.score_from_velocity(flow.velocity, PATH)
     with pytest.raises(ValueError, match="Unknown SDE solver"):
-        solvers.sample_sde(flow.velocity, x, jax.random.key(0), score, 1.0, solver="dopri5")
+        solvers.sample_sde(jax.random.key(0), flow.velocity, x, score, 1.0, solver="dopri5")
     with pytest.raises(ValueError, match="t0 < t1"):
-        solvers.sample_sde(flow.velocity, x, jax.random.key(0), score, 1.0, t0=1.0, t1=0.0)
+        solvers.sample_sde(jax.random.key(0), flow.velocity, x, score, 1.0, t0=1.0, t1=0.0)
 
 
 def test_swapped_or_ill_shaped_arguments_are_named():
@@ -330,9 +330,15 @@ def test_swapped_or_ill_shaped_arguments_are_named():
         likelihood.log_likelihood(flow.velocity, x, t=jnp.asarray(1.0))
     levels = jnp.zeros((4, 2), jnp.int32)
     with pytest.raises(
-        TypeError, match=r"key must be a JAX random key, jax.random.key\(seed\) \(the call is dequantized_bits_per_dim"
+        TypeError,
+        match=r"key must be a JAX random key, jax.random.key\(seed\) \(the call is dequantized_bits_per_dim\(key, "
+        r"log_prob_fn, x, \.\.\.\)\); got the callable 'standard_normal_log_prob'",
     ):
-        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, levels, 0)
+        likelihood.dequantized_bits_per_dim(
+            standard_normal_log_prob, levels, key
+        )  # the order before the key came first
     with pytest.raises(TypeError, match=r"x must be a batch-first array.*got a key array"):
-        likelihood.dequantized_bits_per_dim(standard_normal_log_prob, key, levels)  # x and key swapped
+        likelihood.dequantized_bits_per_dim(key, standard_normal_log_prob, key)
+    with pytest.raises(TypeError, match=r"key must be a JAX random key.*got int 0"):
+        likelihood.dequantized_bits_per_dim(0, standard_normal_log_prob, levels)
     assert likelihood.log_likelihood(flow.velocity, x, t=1).log_prob.shape == (4,)  # an int t is a real number

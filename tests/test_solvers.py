@@ -298,13 +298,15 @@ def test_swapped_or_ill_shaped_arguments_are_named_at_trace_time():
         fm.sample(FLOW.velocity, X0, t1=jnp.ones(3))
     with pytest.raises(TypeError, match=r"x1 must be a batch-first array \(batch, \.\.\.\) \(the call is encode"):
         fm.encode(FLOW.velocity, None)
-    sde = r"\(the call is sample_sde\(vf, x0, key, score, diffusion, \.\.\.\)\)"
+    sde = r"\(the call is sample_sde\(key, vf, x0, score, diffusion, \.\.\.\)\)"
     with pytest.raises(TypeError, match=r"key must be a JAX random key, jax.random.key\(seed\) " + sde + "; got int 0"):
-        fm.sample_sde(FLOW.velocity, X0, 0, fm.paths.CondOT(), 1.0)
+        fm.sample_sde(0, FLOW.velocity, X0, fm.paths.CondOT(), 1.0)
+    with pytest.raises(TypeError, match=r"key must be a JAX random key.*got the callable"):
+        fm.sample_sde(FLOW.velocity, X0, key, fm.paths.CondOT(), 1.0)  # the order before the key came first
     with pytest.raises(TypeError, match=r"x0 must be a batch-first array .*got a key array"):
-        fm.sample_sde(FLOW.velocity, key, X0, fm.paths.CondOT(), 1.0)  # x0 and key swapped
+        fm.sample_sde(key, FLOW.velocity, key, fm.paths.CondOT(), 1.0)
     with pytest.raises(TypeError, match="score must be a function score"):
-        fm.sample_sde(FLOW.velocity, X0, key, "condot", 1.0)
+        fm.sample_sde(key, FLOW.velocity, X0, "condot", 1.0)
     # Under jit the checks read the tracers' shapes and dtypes: valid calls trace, bad ones fail while tracing.
     np.testing.assert_allclose(
         jax.jit(lambda x: fm.sample(FLOW.velocity, x, "euler", steps=3).x)(X0),

@@ -134,7 +134,7 @@ def _sample_images(
         )
         if diffusion is None:
             return metrics.trajectory_metrics(vf, x0, solver)
-        sol = solvers.sample_sde(vf, x0, key, path, lambda t: diffusion * path.noise_scale(t)[0], solver=solver)
+        sol = solvers.sample_sde(key, vf, x0, path, lambda t: diffusion * path.noise_scale(t)[0], solver=solver)
         nan = jnp.full((), jnp.nan)
         return metrics.TrajectoryMetrics(x1=sol.x, path_energy=nan, curvature=nan, nfe=sol.nfe)
 
@@ -279,7 +279,7 @@ def image_nll(
                 vf, z, divergence=divergence, key=k_probe, num_probes=num_probes, probe=probe, solver=solver
             ).log_prob
 
-        return likelihood.dequantized_bits_per_dim(log_prob, x, k_deq)
+        return likelihood.dequantized_bits_per_dim(k_deq, log_prob, x)
 
     size = min(batch_size, num)
     how = "the flow's exact log-density" if flow else f"{divergence} divergence, {solver}"
