@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import sys
 import time
 import warnings
 
@@ -347,7 +348,7 @@ def test_an_sbcfm_run_records_and_reports_its_default_sigma(tmp_path, capsys):
     assert line["sinkhorn_converged"] == 1.0 and line["sinkhorn_epsilon"] == pytest.approx(2.0)
 
 
-def test_an_unconverged_sinkhorn_plan_is_reported_once_with_its_step_epsilon_and_fix(tmp_path):
+def test_an_unconverged_sinkhorn_plan_is_reported_once_with_its_step_epsilon_and_fix(tmp_path, capsys):
     # sigma = 0.02: epsilon = 2 sigma^2 = 8e-4, far too small for 2,000 Sinkhorn iterations.
     fields = {
         "method": "sbcfm",
@@ -359,11 +360,16 @@ def test_an_unconverged_sinkhorn_plan_is_reported_once_with_its_step_epsilon_and
         "batch_size": 64,
     }
     config = apply_overrides(load_config(CONFIG), {k: str(v) for k, v in fields.items()})
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        fm.train.train(config, tmp_path / "run", progress=False)
-    sinkhorn = [str(w.message) for w in caught if "Sinkhorn" in str(w.message)]
-    assert len(sinkhorn) == 1, sinkhorn  # once, and not also the coupling's own host warning
+        # Printed to stderr as Python does by default (pytest would record them instead).
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        fm.train.train(config, tmp_path / "run", progress=True)
+    # Once, and not also the coupling's own host warning; on a line of its own, not in the progress bar's.
+    sinkhorn = [piece for piece in re.split(r"[\r\n]", capsys.readouterr().err) if "Sinkhorn" in piece]
+    assert len(sinkhorn) == 1 and "%|" not in sinkhorn[0], sinkhorn
     assert re.search(r"did not converge at step [1-4] \(epsilon = 0.0008, 2000 iterations\)", sinkhorn[0])
     assert "--config.sigma" in sinkhorn[0]
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -230,16 +230,21 @@ def _report_unconverged(values: dict[str, np.ndarray], first_step: int) -> bool:
         return False
     at = int(np.argmax(converged < 1.0))
     eps, iterations = float(values["sinkhorn_epsilon"][at]), int(values["sinkhorn_iterations"][at])
+    with tqdm.external_write_mode(file=sys.stderr):  # a line of its own, not glued to the progress bar
+        _warn_unconverged(first_step + at + 1, eps, iterations)
+    return True
+
+
+def _warn_unconverged(step: int, eps: float, iterations: int) -> None:
     warnings.warn(
-        f"Sinkhorn did not converge at step {first_step + at + 1} (epsilon = {eps:.3g}, {iterations} "
+        f"Sinkhorn did not converge at step {step} (epsilon = {eps:.3g}, {iterations} "
         "iterations): the coupling's plan is off its marginals, and a small epsilon makes every step "
         "slow. Raise --config.sigma (SB-CFM's epsilon is 2 sigma^2; its default sigma is 1). "
         "metrics.jsonl logs sinkhorn_converged (the fraction of solves that converged) and "
         "sinkhorn_iterations; this is reported once.",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=3,  # the driver's line
     )
-    return True
 
 
 def _check_finite(values: np.ndarray, first_step: int, checkpoints: Checkpoints) -> None:
