@@ -109,7 +109,8 @@ def ema_initial_weight(decay: float, steps: int) -> float:
 
     While (1 + t) / (10 + t) < decay the product telescopes, prod_{t < m} (1 + t) / (10 + t) =
     9! m! / (m + 9)!, and each later update multiplies by `decay`. (Without the warm-up it
-    would be decay^steps: 0.999^300 = 0.74.) `decay` 0 (no EMA) gives 0 after any update.
+    would be decay^steps: 0.999^300 = 0.74.) For `decay` 0 the product is 0 after any update (a
+    run with `ema_decay = 0` keeps no EMA: its readers take the parameters).
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1) (config.ema_decay), got {decay}.")
@@ -194,8 +195,8 @@ def make_train_step(
     `metrics` maps each name to its K values, one per step: "loss", "grad_norm" (the global L2
     norm of the gradient, before any clipping), every other metric the loss returns (fastode's
     "mse" and "kl", ...) and the coupling's stats (SB-CFM's "sinkhorn_converged",
-    "sinkhorn_epsilon" and "sinkhorn_iterations"). `engine` gives the EMA decay (warmed up, `ema_decay_at`), the coupling
-    scope and group, and the network's precision.
+    "sinkhorn_epsilon" and "sinkhorn_iterations"). `engine` gives the EMA decay (warmed up,
+    `ema_decay_at`), the coupling scope and group, and the network's precision.
     """
     apply = mixed_precision(apply, engine.precision)
     ema_decay, coupling_scope, coupling_group = engine.ema_decay, engine.coupling_scope, engine.group(mesh.devices.size)
