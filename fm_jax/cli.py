@@ -32,18 +32,17 @@ against the closed-form flow map and the target mean and standard deviation.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import signal
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
-import jax
-import numpy as np
-
-from fm_jax import paths, solvers
-from fm_jax.gaussian import solver_errors
-from fm_jax.solvers import DEFAULT_TOL, SolverSpec
+# Nothing heavy at import: `fm-jax --help` prints before JAX loads; each command imports what it uses.
+if TYPE_CHECKING:
+    from fm_jax.solvers import SolverSpec
 
 # `fm-jax train` stopped by SIGTERM/SIGINT with its state saved: rerun the same command to resume
 # (EX_TEMPFAIL of sysexits.h; a config error exits 1, a kill before the first step 143).
@@ -65,10 +64,25 @@ def _path_params(text: str) -> dict:
 
 def gaussian(args: argparse.Namespace) -> list[dict]:
     """Sample a closed-form Gaussian flow with each solver (`fm_jax.gaussian.solver_errors`); print and return the errors."""
+    import numpy as np
+
+    from fm_jax import paths
+    from fm_jax.gaussian import solver_errors
+
+    args.tol = _default_tol() if args.tol is None else args.tol
     try:
         path = paths.get_path(args.path, **_path_params(args.path_params))
         rows = solver_errors(
-            path, args.mu, args.scale, args.dim, args.num, args.steps, args.tol, args.t0, args.t1, args.seed
+            path,
+            args.mu,
+            args.scale,
+            args.dim,
+            args.num,
+            args.steps,
+            args.tol,
+            args.t0,
+            args.t1,
+            args.seed,
         )
     except ValueError as err:
         raise SystemExit(str(err)) from None
@@ -95,6 +109,8 @@ def gaussian(args: argparse.Namespace) -> list[dict]:
 
 def _solver(text: str, rtol: float | None = None, atol: float | None = None, sde: bool = False) -> SolverSpec:
     """The `SolverSpec` of a command-line solver ("dopri5", "euler:100"), or the error as the command's exit."""
+    from fm_jax.solvers import SolverSpec
+
     try:
         return SolverSpec.parse(text, rtol, atol, sde)
     except ValueError as err:
@@ -119,6 +135,8 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 
 
 def train(args: argparse.Namespace) -> None:
+    import jax
+
     from fm_jax.train import apply_overrides, load_config
     from fm_jax.train import train as run_training
     from fm_jax.train.loop import Interrupted
@@ -136,18 +154,22 @@ def train(args: argparse.Namespace) -> None:
     if jax.process_index() != 0:
         return
     summary = json.loads((pathlib.Path(args.workdir) / "summary.json").read_text())
+    conditional = ", class-conditional" if config.get("conditional", False) else ""
     print(
-        f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}) into {args.workdir}: "
+        f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}{conditional}) "
+        f"into {args.workdir}: "
         f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "
         f"{summary['devices']} device(s), compiled in {summary['compile_s']:.1f} s"
     )
 
 
-def _load(workdir: str):
+def _load(args: argparse.Namespace):
+    """The run in --workdir with the --params it asks for, saying so on stderr."""
     from fm_jax.train.workdir import load_run
 
+    print(f"loading {args.workdir} ({args.params} parameters)", file=sys.stderr)
     try:
-        return load_run(workdir)
+        return load_run(args.workdir, params=args.params)
     except ValueError as err:
         raise SystemExit(str(err)) from None
 
@@ -156,8 +178,12 @@ def _num(args: argparse.Namespace, run) -> int:
     return DEFAULT_NUM[args.command][run.spec.data.image is not None] if args.num is None else args.num
 
 
+def _conditional(run) -> str:
+    return ", class-conditional" if run.spec.data.num_classes else ""
+
+
 def _describe(run) -> str:
-    return f"{run.spec.method.name} {run.spec.data.source} -> {run.spec.data.target}"
+    return f"{run.spec.method.name} {run.spec.data.source} -> {run.spec.data.target}{_conditional(run)}"
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -168,7 +194,7 @@ def sample(args: argparse.Namespace) -> None:
         raise SystemExit("--diffusion C needs C >= 0 (C = 0 samples the ODE with an SDE solver).")
     name = args.solver or ("euler" if sde else "dopri5")
     spec = _solver(name if args.steps is None else f"{name}:{args.steps}", args.rtol, args.atol, sde)
-    run = _load(args.workdir)
+    run = _load(args)
     if sde and not (run.spec.method.has_score and run.spec.data.source == "normal"):
         from fm_jax.train.methods import METHODS
 
@@ -183,10 +209,17 @@ def sample(args: argparse.Namespace) -> None:
         raise SystemExit("--guidance and --label are for class-conditional image runs; this run has no labels.")
     if run.spec.method.model == "flow":
         return _sample_flow(args, run)
+    import jax
+    import numpy as np
+
+    from fm_jax import solvers
     from fm_jax.plots import plot_flow
+    from fm_jax.progress import announce
     from fm_jax.train.held_out import NOISE, TARGET, held_out_key
 
     num = _num(args, run)
+    how = f"the SDE with diffusion {args.diffusion:g}, {spec}" if sde else f"the ODE, {spec}"
+    announce(f"sampling {num} points of {_describe(run)} with {how} (one compiled solve)", True)
     src, tgt = run.spec.data.densities()
     x0 = src.sample(held_out_key(args.seed, NOISE), num)
     vf = solvers.velocity_field(run.apply, run.params)
@@ -197,7 +230,7 @@ def sample(args: argparse.Namespace) -> None:
         path = run.spec.method.conditional_path(run.spec.loss.sigma)
         g = lambda t: args.diffusion * path.noise_scale(t)[0]
         key = jax.random.fold_in(held_out_key(args.seed, NOISE), 1)
-        sol = jax.jit(lambda x: solvers.sample_sde(vf, x, key, path, g, solver=spec, save_trajectory=33))(x0)
+        sol = jax.jit(lambda x: solvers.sample_sde(key, vf, x, path, g, solver=spec, save_trajectory=33))(x0)
         tag = f"sde_{spec.tag}_diffusion{args.diffusion:g}"
     out = pathlib.Path(args.workdir) / f"samples_{tag}"
     npz, png = out.parent / f"{out.name}.npz", out.parent / f"{out.name}.png"
@@ -210,17 +243,22 @@ def sample(args: argparse.Namespace) -> None:
         nfe=int(sol.nfe),
     )
     target = tgt.sample(held_out_key(args.seed, TARGET), num)
-    plot_flow(png, sol.x, target, sol.trajectory, f"{_describe(run)}, {spec}, NFE {int(sol.nfe)}")
+    plot_flow(png, sol.x, target, sol.trajectory, f"{_describe(run)}, {spec}, NFE {int(sol.nfe)}", ts=sol.ts)
     print(f"{num} samples with {spec} (NFE {int(sol.nfe)}): {npz}, {png}")
 
 
 def _sample_flow(args: argparse.Namespace, run) -> None:
     """A normalizing flow on densities samples in one shot (image flows go through `_sample_images`)."""
+    import jax
+    import numpy as np
+
     from fm_jax.plots import plot_flow
+    from fm_jax.progress import announce
     from fm_jax.train.held_out import NOISE, TARGET, held_out_key
     from fm_jax.train.state import model_method
 
     num = _num(args, run)
+    announce(f"sampling {num} points of the normalizing flow in one shot", True)
     x = jax.jit(model_method(run.spec.model, "sample"), static_argnums=2)(
         run.params, held_out_key(args.seed, NOISE), num
     )
@@ -232,6 +270,8 @@ def _sample_flow(args: argparse.Namespace, run) -> None:
 
 
 def _sample_images(args: argparse.Namespace, run, spec: SolverSpec) -> None:
+    import numpy as np
+
     from fm_jax.data import images
     from fm_jax.plots import save_grid
     from fm_jax.train.image_eval import sample_images
@@ -248,10 +288,12 @@ def _sample_images(args: argparse.Namespace, run, spec: SolverSpec) -> None:
             )
         labels = np.full(num, args.label, np.int32)
     try:
-        out = sample_images(run, num, spec, labels, args.guidance, args.seed, diffusion=args.diffusion)
+        out = sample_images(run, num, spec, labels, args.guidance, args.seed, diffusion=args.diffusion, progress=True)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     tag = spec.tag if args.diffusion is None else f"sde_{spec.tag}_diffusion{args.diffusion:g}"
+    if args.label is not None:
+        tag += f"_label{args.label}"
     if args.guidance is not None:
         tag += f"_guidance{args.guidance:g}"
     pixels = images.to_unit(out["x1"])
@@ -262,7 +304,17 @@ def _sample_images(args: argparse.Namespace, run, spec: SolverSpec) -> None:
         labels=out["labels"] if out["labels"] is not None else [],
         nfe=out["nfe"],
     )
-    save_grid(base.with_suffix(".png"), pixels, classes if classes and labels is None else int(np.ceil(np.sqrt(num))))
+    guidance = f", guidance w = {args.guidance:g}" if args.guidance is not None else ""
+    solved = f"{spec}, mean NFE {out['nfe']:.0f}"
+    col_labels = None
+    if classes and labels is None:  # the classes in turn: one column a class
+        nrow, col_labels = classes, [str(c) for c in range(min(classes, num))]
+        caption = f"{_describe(run)}: one column a class{guidance}; {solved}"
+    else:
+        nrow = int(np.ceil(np.sqrt(num)))
+        label = f": class {args.label}{guidance}" if labels is not None else ""
+        caption = f"{_describe(run)}{label}; {solved}"
+    save_grid(base.with_suffix(".png"), pixels, nrow, col_labels=col_labels, caption=caption)
     print(
         f"{num} images with {spec} (mean NFE {out['nfe']:.0f}): {base.with_suffix('.npz')}, {base.with_suffix('.png')}"
     )
@@ -273,7 +325,7 @@ def prepare(args: argparse.Namespace) -> None:
     from fm_jax.data import prepare as prepare_data
 
     try:
-        info = prepare_data.prepare(args.dataset, args.data_dir)
+        info = prepare_data.prepare(args.dataset, args.data_dir, progress=True)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     splits = ", ".join(f"{name} {count}" for name, count in info.splits.items())
@@ -287,10 +339,13 @@ def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> 
     from fm_jax.train.image_eval import evaluate_images
 
     try:
-        result = evaluate_images(run, specs, _num(args, run), args.guidance, args.seed)
+        result = evaluate_images(run, specs, _num(args, run), args.guidance, args.seed, progress=True)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    print(f"{result['method']}: N(0, I) -> {result['target']}, step {result['step']}, {result['num']} held-out images")
+    print(
+        f"{result['method']}: normal -> {result['target']}{_conditional(run)}, step {result['step']}, "
+        f"{result['num']} held-out images"
+    )
     return _write_eval(
         args.workdir,
         result,
@@ -322,7 +377,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     specs = [_solver(text, args.rtol, args.atol) for text in args.solvers]
     if args.num is not None and args.num < 2:
         raise SystemExit(f"--num must be at least 2 (W2 and MMD compare sample sets), got {args.num}.")
-    run = _load(args.workdir)
+    run = _load(args)
     if run.spec.data.image is not None:
         return _evaluate_images(args, run, specs)
     if args.guidance is not None:
@@ -330,7 +385,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     num = _num(args, run)
     path = pathlib.Path(args.workdir) / "eval.json"
     if run.spec.method.model == "flow":
-        result = evaluate_flow(run, num, args.seed)
+        result = evaluate_flow(run, num, args.seed, progress=True)
         path.write_text(json.dumps(result, indent=1))
         row = result["solvers"]["flow"]
         print(
@@ -338,7 +393,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             f"({row['passes']} sequential passes): W2 {row['w2']:.4f}, MMD^2 {row['mmd2']:.2e}\nwrote {path}"
         )
         return result
-    result = run_eval(run, specs, num, args.seed)
+    result = run_eval(run, specs, num, args.seed, progress=True)
     print(f"{result['method']}: {result['source']} -> {result['target']}, step {result['step']}, {num} samples")
     return _write_eval(
         args.workdir,
@@ -360,18 +415,25 @@ def nll(args: argparse.Namespace) -> dict:
     spec = _solver(args.solver, args.rtol, args.atol)
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
-    run = _load(args.workdir)
+    run = _load(args)
     if run.spec.data.image is not None:
         return _image_nll(args, run, spec)
     try:
-        report = held_out_nll(run, args.num, args.divergence, spec, args.num_probes, args.probe, args.seed)
+        report = held_out_nll(
+            run, args.num, args.divergence, spec, args.num_probes, args.probe, args.seed, progress=True
+        )
     except (ValueError, FloatingPointError) as err:
         raise SystemExit(str(err)) from None
     out = pathlib.Path(args.workdir) / "nll.json"
     out.write_text(json.dumps(report, indent=1))
+    how = (
+        "the flow's exact change of variables (one pass, no ODE)"
+        if run.spec.method.model == "flow"
+        else f"{args.divergence} divergence, {spec} (mean NFE {report['nfe_mean']:.0f})"
+    )
     print(
         f"{report['method']}: {report['source']} -> {report['target']}, step {report['step']}, "
-        f"{report['num']} held-out points, {args.divergence} divergence, {spec} (mean NFE {report['nfe_mean']:.0f})"
+        f"{report['num']} held-out points, {how}"
     )
     print(
         f"log-likelihood {report['log_likelihood']:.4f} +- {report['log_likelihood_se']:.4f} nats, "
@@ -384,9 +446,9 @@ def nll(args: argparse.Namespace) -> dict:
         )
     print(f"wrote {out}")
     if args.grid and report["dim"] == 2:
-        xs, ys, model, true = density_grid(run, args.grid, spec, args.seed)
+        xs, ys, model, true = density_grid(run, args.grid, spec, args.seed, progress=True)
         png = pathlib.Path(args.workdir) / "density.png"
-        plot_density(png, xs, ys, model, true, _describe(run))
+        plot_density(png, xs, ys, model, true, f"{_describe(run)}, {spec}")
         print(f"wrote {png}")
     return report
 
@@ -395,7 +457,9 @@ def _image_nll(args: argparse.Namespace, run, spec: SolverSpec) -> dict:
     from fm_jax.train.image_eval import image_nll
 
     try:
-        report = image_nll(run, min(args.num, 1000), args.divergence, spec, args.num_probes, args.probe, args.seed)
+        report = image_nll(
+            run, min(args.num, 1000), args.divergence, spec, args.num_probes, args.probe, args.seed, progress=True
+        )
     except (ValueError, FloatingPointError) as err:
         raise SystemExit(str(err)) from None
     out = pathlib.Path(args.workdir) / "nll.json"
@@ -409,27 +473,92 @@ def _image_nll(args: argparse.Namespace, run, spec: SolverSpec) -> dict:
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fm-jax", description="Flow matching in JAX.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _default_tol() -> float:
+    from fm_jax.solvers import DEFAULT_TOL
 
-    t = commands.add_parser("train", help="train a flow from a config file")
-    t.add_argument(
-        "--config", required=True, help="an ml_collections get_config() file, e.g. experiments/configs/toy2d.py"
+    return DEFAULT_TOL
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills `{default_tol}` in a help text when the help is printed: building the parser (and
+    `fm-jax --help`) imports no JAX, and the tolerance shown is the library's one default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("{default_tol}", f"{_default_tol():g}") if text and "{default_tol}" in text else text
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments `sample`, `eval` and `nll` share: the workdir, which parameters, the seed and
+    the tolerances of an adaptive solve."""
+    parser.add_argument("--workdir", required=True, help="a workdir `fm-jax train` wrote")
+    parser.add_argument(
+        "--params",
+        choices=("ema", "raw"),
+        default="ema",
+        help="sample with the EMA of the weights (default; the raw weights when the run kept no EMA) or the raw ones",
     )
-    t.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and the checkpoint go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out draws")
+    parser.add_argument("--rtol", type=float, default=None, help="adaptive relative tolerance (default {default_tol})")
+    parser.add_argument("--atol", type=float, default=None, help="adaptive absolute tolerance (default {default_tol})")
+
+
+def info(args: argparse.Namespace) -> list[dict]:
+    """Print what each workdir holds (`fm_jax.train.workdir.describe`); return the descriptions."""
+    from fm_jax.train.workdir import describe
+
+    described = []
+    for workdir in args.workdirs:
+        try:
+            d = describe(workdir)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+        described.append(d)
+        conditional = ", class-conditional" if d["conditional"] else ""
+        print(f"{d['workdir']}: {d['method']} {d['source']} -> {d['target']}{conditional}")
+        done = "finished" if d["step"] >= (d["num_steps"] or 0) else "resumable with the same command"
+        print(f"  steps      {d['step']} of {d['num_steps']} ({done}); EMA decay {d['ema_decay']}")
+        print(f"  checkpoints {', '.join(map(str, d['checkpoints'])) or 'none'}")
+        if d["last_metrics"]:
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in d["last_metrics"].items() if k != "step")
+            print(f"  last log   step {d['last_metrics']['step']}: {metrics}")
+        if d["summary"]:
+            u = d["summary"]
+            print(
+                f"  training   {u['steps']} steps at {u['steps_per_s']:.0f} steps/s on {u['devices']} device(s), "
+                f"compiled in {u['compile_s']:.1f} s"
+            )
+        print(f"  outputs    {', '.join(d['outputs']) or 'none yet (fm-jax sample / eval / nll write them)'}")
+    return described
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fm-jax",
+        description="Flow matching in JAX: train a flow from a config, then sample, evaluate and score it.",
+        epilog="fm-jax COMMAND --help describes a command; `fm-jax train --config toy2d --workdir runs/moons` "
+        "trains the default run.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(commands.add_parser, formatter_class=_HelpFormatter)
+
+    t = add("train", help="train a flow from a config (a packaged name or a file)")
+    t.add_argument(
+        "--config",
+        required=True,
+        help="a packaged config (toy2d, images, cifar10_fm, cifar10_torchcfm) or an ml_collections get_config() file",
+    )
+    t.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and the checkpoints go")
     t.set_defaults(func=train)
 
-    s = commands.add_parser("sample", help="sample a trained run; write .npz and a PNG")
-    s.add_argument("--workdir", required=True)
+    s = add("sample", help="sample a trained run; write .npz and a PNG")
+    _run_args(s)
     s.add_argument(
         "--solver",
         default=None,
         help="an ODE solver (default dopri5), or with --diffusion an SDE solver (default euler)",
     )
     s.add_argument("--steps", type=int, default=None, help="fixed steps (default: adaptive)")
-    s.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
-    s.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
     s.add_argument(
         "--num",
         type=int,
@@ -443,18 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classifier-free guidance scale w (class-conditional runs; 1 = conditional)",
     )
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--diffusion",
         type=float,
         default=None,
-        help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps; "
-        f"--solver then one of {sorted(solvers.SDE_SOLVERS)}",
+        help="sample the SDE with g(t) = C s(t) (s the path's noise scale) in --steps fixed steps, "
+        "with an SDE solver (--solver euler or heun)",
     )
     s.set_defaults(func=sample)
 
-    e = commands.add_parser("eval", help="W2, MMD, path energy, curvature and NFE per solver into WORKDIR/eval.json")
-    e.add_argument("--workdir", required=True)
+    e = add("eval", help="W2, MMD, path energy, curvature and NFE per solver into WORKDIR/eval.json")
+    _run_args(e)
     e.add_argument(
         "--solvers",
         nargs="+",
@@ -467,37 +595,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="samples (default {}; {} held-out images for image runs)".format(*DEFAULT_NUM["eval"]),
     )
-    e.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
-    e.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
     e.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)"
     )
-    e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=evaluate)
 
-    n = commands.add_parser(
-        "nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map"
-    )
-    n.add_argument("--workdir", required=True)
+    n = add("nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map")
+    _run_args(n)
     n.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
     n.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per point")
     n.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
     n.add_argument("--solver", default="dopri5", help="NAME (adaptive) or NAME:STEPS")
-    n.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {DEFAULT_TOL:g})")
-    n.add_argument("--atol", type=float, default=None, help=f"adaptive absolute tolerance (default {DEFAULT_TOL:g})")
     n.add_argument("--num", type=int, default=5000, help="held-out target points")
     n.add_argument("--grid", type=int, default=100, help="heat-map grid size for 2D runs (0: none)")
-    n.add_argument("--seed", type=int, default=0)
     n.set_defaults(func=nll)
 
-    p = commands.add_parser("prepare", help="build an offline image dataset (digits, mnist5k) in TFDS format")
+    i = add("info", help="what workdirs hold: method, data, steps, checkpoints, metrics, outputs")
+    i.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    i.set_defaults(func=info)
+
+    p = add("prepare", help="build an offline image dataset (digits, mnist5k) in TFDS format")
     p.add_argument("--dataset", required=True, help="digits, mnist5k, or a TFDS name (prints how to prepare it)")
     p.add_argument(
         "--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
     p.set_defaults(func=prepare)
 
-    g = commands.add_parser("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
+    g = add("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")
     g.add_argument("--path-params", default="", help="path parameters, e.g. 'sigma=0.1'")
     g.add_argument("--dim", type=int, default=2)
@@ -505,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mu", type=float, default=3.0, help="target mean along the first axis")
     g.add_argument("--scale", type=float, default=0.5, help="target standard deviation")
     g.add_argument("--steps", type=int, default=10, help="steps of the fixed-step runs")
-    g.add_argument("--tol", type=float, default=DEFAULT_TOL, help="rtol = atol of the adaptive runs")
+    g.add_argument("--tol", type=float, default=None, help="rtol = atol of the adaptive runs (default {default_tol})")
     g.add_argument("--t0", type=float, default=0.0)
     g.add_argument("--t1", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,6 @@
 """Normalizing flows: exact inverse, log-determinant against the Jacobian, maximum likelihood on a Gaussian."""
 
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +94,7 @@ def test_bad_settings_are_named():
         Flow((4, 4, 1), kind="tarflow", patch=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="do not split"):
         Flow((5,), kind="tarflow", token_dim=2, rngs=nnx.Rngs(0))
-    config = load_config(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+    config = load_config("toy2d")
     config.method, config.flow.wdith = "flow", 3
     with pytest.raises(ValueError, match=r"Unknown config.flow fields \['wdith'\]"):
         RunSpec.from_config(config)

@@ -12,12 +12,13 @@ import pytest
 from PIL import Image
 
 from fm_jax import cli
+from fm_jax.plots import image_grid
 from fm_jax.train import apply_overrides, load_config, train
 from fm_jax.train.checkpoints import Checkpoints
 from fm_jax.train.loop import build_engine, check_config
 from fm_jax.train.workdir import load_run
 
-CONFIG = pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "images.py"
+CONFIG = "images"  # the packaged config (fm_jax/configs/images.py)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_image_batches_give_the_same_losses_on_eight_devices_as_on_one(data_dir,
         state, values = engine.state, []
         for call in range(2):
             state, out = engine.steps(state, engine.batches(engine.data_key, call))
-            values.append(np.asarray(out))
+            values.append(np.asarray(out["loss"]))
         losses[devices] = np.concatenate(values)
         assert spec.model.dropout == ("model.dropout" in fields)
         if fields.get("conditional"):
@@ -100,7 +101,7 @@ def conditional_run(data_dir, tmp_path_factory):
         "--config.checkpoint_every=10",
         "--config.conditional=true",
     ]
-    cli.main(["train", "--config", str(CONFIG), "--workdir", str(workdir), *overrides])
+    cli.main(["train", "--config", CONFIG, "--workdir", str(workdir), *overrides])
     return workdir
 
 
@@ -122,12 +123,25 @@ def test_cli_samples_a_class_grid_with_guidance(conditional_run):
     )
     png = conditional_run / "samples_euler_4steps_guidance2.png"
     grid = np.asarray(Image.open(png))
-    # Two rows of ten 8x8 digits with 1-px gaps, enlarged 32 times.
-    assert grid.shape == (32 * 17, 32 * 89)
     saved = np.load(conditional_run / "samples_euler_4steps_guidance2.npz")
     assert saved["images"].shape == (20, 8, 8, 1) and saved["images"].dtype == np.uint8
     np.testing.assert_array_equal(saved["labels"], np.arange(20) % 10)
     assert float(saved["nfe"]) == 4
+    # Two rows of ten 8x8 digits with 1-px gaps, enlarged 32 times, one column a class: the
+    # cells at the bottom, a margin above them with the class of each column and the caption.
+    cells = image_grid(saved["images"], 10)[..., 0].repeat(32, axis=0).repeat(32, axis=1)
+    assert cells.shape == (32 * 17, 32 * 89) and grid.shape[1] == 32 * 89 and grid.shape[0] > 32 * 17
+    np.testing.assert_array_equal(grid[-cells.shape[0] :], cells)
+    assert (grid[: -cells.shape[0]] < 128).any()  # the labels are drawn (dark text on white)
+
+    # One class asked for: its own file, beside the grid of every class.
+    cli.main(
+        ["sample", "--workdir", str(conditional_run), "--solver", "euler", "--steps", "4", "--num", "4", "--label", "3"]
+    )
+    labelled = np.load(conditional_run / "samples_euler_4steps_label3.npz")
+    np.testing.assert_array_equal(labelled["labels"], [3, 3, 3, 3])
+    assert np.load(conditional_run / "samples_euler_4steps_guidance2.npz")["labels"].shape == (20,)
+    assert "class-conditional" in cli._describe(load_run(conditional_run))
 
 
 def test_cli_samples_an_image_run_with_the_sde(conditional_run):
@@ -208,7 +222,7 @@ def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, monk
     workdir = tmp_path / "run"
     train(image_config(data_dir, num_steps=4, log_every=2, checkpoint_every=4, **fields), workdir, progress=False)
     run = load_run(workdir)
-    monkeypatch.syspath_prepend(str(CONFIG.parent.parent))
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
     importlib.import_module("distill_table").plot(workdir, tmp_path / "plot.png", 0)
     with Image.open(tmp_path / "plot.png") as png:  # 8x8 digits at 32x, 1-px gaps
         # the flow: 64 one-shot samples, 8 a row; fast-ode: 8 trajectories (rows) at 9 times

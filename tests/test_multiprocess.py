@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / "toy2d.py")
+CONFIG = "toy2d"  # the packaged config (fm_jax/configs/toy2d.py)
 RUN = ["--config.num_steps=40", "--config.steps_per_call=10", "--config.log_every=10", "--config.batch_size=64"]
 
 
