@@ -393,7 +393,7 @@ def _run(
     compile_s = time.perf_counter() - began
 
     log, stop, pacer = MetricsLog(workdir) if primary else None, [], _Pacer(spec.loop.max_call_s)
-    evaluate = PeriodicEval(spec, engine.apply, engine.mesh) if spec.loop.eval_every else None
+    evaluate: PeriodicEval | None = None  # built at the first evaluation (an image run reads its held-out split)
     aside, evaluating = [0.0], [0.0]  # seconds in checkpoint writes and in evaluations, kept out of the steps/s
     unconverged_reported = False
     bar = tqdm(
@@ -431,7 +431,7 @@ def _run(
                 if step == first + k:
                     first += k
                 log_now = step % spec.loop.log_every == 0 or step == spec.loop.num_steps
-                eval_now = evaluate is not None and spec.loop.eval_at(step, k)
+                eval_now = spec.loop.eval_at(step, k)
                 save_now = (
                     step == spec.loop.num_steps
                     or stopping
@@ -454,8 +454,8 @@ def _run(
                     }
                 if eval_now:
                     with _timed(aside), _timed(evaluating):
-                        params = state.ema_params if spec.engine.ema_decay > 0 else state.params
-                        found, grid = evaluate(params)  # type: ignore[misc]  # eval_now: evaluate is set
+                        evaluate = evaluate or PeriodicEval(spec, engine.apply, engine.mesh)
+                        found, grid = evaluate(state.ema_params if spec.engine.ema_decay > 0 else state.params)
                     scalars |= found
                     if log and grid is not None:
                         log.image("eval/samples", grid, step)
