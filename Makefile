@@ -33,6 +33,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n auto
 
 bench: $(BIN)/.installed
+	$(BIN)/python experiments/bench/startup.py
 	$(BIN)/python experiments/bench/couplings.py
 	$(BIN)/python experiments/bench/train_speed.py
 	$(BIN)/python experiments/bench/engine.py

@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fm-jax",
         description="Flow matching in JAX: train a flow from a config, then sample, evaluate and score it.",
-        epilog="fm-jax COMMAND --help describes a command; `fm-jax train --config toy2d --workdir runs/moons` "
+        epilog="fm-jax COMMAND --help describes a command; `fm-jax train --config toy2d --workdir workdirs/moons` "
         "trains the default run.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -333,3 +333,13 @@ def test_teacher_cost_bench_reports_never_when_precomputing_does_not_pay(tmp_pat
     rows = json.loads(out.read_text())["rows"]
     assert all(r["break_even_steps"] is None for r in rows.values())
     assert "| 1.00 | never |" in out.with_suffix(".md").read_text()
+
+
+def test_startup_bench_times_fresh_processes_and_names_what_they_import(tmp_path, monkeypatch):
+    startup = bench("startup", monkeypatch)
+    monkeypatch.setattr(startup, "CASES", {"import fm_jax": startup.CASES["import fm_jax"], "numpy": "import numpy"})
+    result = startup.main(["--repeats", "1", "--out", str(tmp_path / "startup.json")])
+    cases = json.loads((tmp_path / "startup.json").read_text())["cases"]
+    assert cases == result["cases"] and set(cases) == {"import fm_jax", "numpy"}
+    assert cases["import fm_jax"]["imports"] == [] and 0 < cases["import fm_jax"]["seconds"] < 60
+    assert "| `import fm_jax` |" in (tmp_path / "startup.md").read_text()
