@@ -147,8 +147,9 @@ def scanned_steps(
 
 def config_with(overrides: Mapping[str, Any] | None = None, name: str = "toy2d") -> ml_collections.ConfigDict:
     """The packaged config `name` (fm_jax/configs/`name`.py) with `overrides` ({"model.width": 32, ...}) applied as
-    `--config.KEY=VALUE` flags would be (each value passed as its `str`)."""
-    return apply_overrides(load_config(name), {k: str(v) for k, v in (overrides or {}).items()})
+    `--config.KEY=VALUE` flags would be (each value passed as its `str`). The periodic evaluation
+    is off (`eval_every` 0) unless an override sets it: the scripts evaluate once, at the end."""
+    return apply_overrides(load_config(name), {"eval_every": "0"} | {k: str(v) for k, v in (overrides or {}).items()})
 
 
 def train_rate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> float:

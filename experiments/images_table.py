@@ -44,7 +44,6 @@ def run_cell(dataset: str, method: str, args) -> dict:
             "steps_per_call": 1,
             "log_every": args.steps,
             "checkpoint_every": args.steps,
-            "eval_every": 0,  # the table evaluates once, at the end
             "model.preset": args.preset,
             "data.dir": args.data_dir,
         },

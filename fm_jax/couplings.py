@@ -33,10 +33,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import ot
-from ott.geometry import geometry
-from ott.solvers import linear
 
 from fm_jax.primitives import pairwise_sq_distances
 from fm_jax.registry import Registry
@@ -174,6 +170,8 @@ class Independent(Coupling):
 
 def _network_simplex_assignment(cost: np.ndarray) -> np.ndarray:
     """Host side: perm[j] = the source row paired with data column j, by POT's network simplex."""
+    import ot  # POT, and the scikit-learn it imports, load with the first host solve
+
     n = cost.shape[0]
     weights = np.full(n, 1.0 / n)
     plan = ot.emd(weights, weights, np.asarray(cost, np.float64), numItermax=max(100_000, 50 * n * n))
@@ -187,6 +185,8 @@ def _network_simplex(cost: jax.Array) -> jax.Array:
 
 
 def _hungarian(cost: jax.Array) -> jax.Array:
+    import optax
+
     rows, cols = optax.assignment.hungarian_algorithm(cost)
     # rows is 0..n-1 for a square cost; invert so that the data order is kept.
     return jnp.zeros_like(cols).at[cols].set(rows)
@@ -272,6 +272,9 @@ class SinkhornOT(Coupling):
         `threshold` within `max_iterations` (an unconverged plan's marginals are not uniform),
         the absolute epsilon used and the iterations run. Silent: `plan` and calling the
         coupling warn when it did not converge, `call_with_stats` returns the flag."""
+        from ott.geometry import geometry  # ott-jax loads with the first Sinkhorn solve
+        from ott.solvers import linear
+
         check_pairs(x0, x1, labels, self.class_conditional)
         cost = pairwise_sq_distances(x0, x1)
         eps = self.absolute_epsilon(cost)

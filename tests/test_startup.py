@@ -51,3 +51,11 @@ def test_subcommand_help_shows_the_library_default_tolerance(capsys):
     with pytest.raises(SystemExit):
         cli.main(["sample", "--help"])
     assert f"(default {fm.solvers.DEFAULT_TOL:g})" in capsys.readouterr().out
+
+
+def test_couplings_load_their_solvers_with_the_first_solve():
+    build = "import fm_jax as fm; fm.cfm_loss(fm.paths.CondOT(), fm.couplings.ExactOT()); fm.couplings.SinkhornOT()"
+    assert imported_by(build) == {"jax"}
+    solve = "import jax, fm_jax as fm; x = jax.numpy.zeros((4, 2)); fm.couplings.{}(jax.random.key(0), x, x)"
+    assert {"ot"} <= imported_by(solve.format("ExactOT(solver='network_simplex')"))
+    assert {"ott"} <= imported_by(solve.format("SinkhornOT()"))

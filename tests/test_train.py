@@ -89,8 +89,9 @@ def run_files(workdir) -> dict:
 
 def test_a_finished_or_different_run_is_never_overwritten(trained):
     before = run_files(trained)
+    same = ["--config.target=8gaussians", "--config.learning_rate=3e-3", "--config.ema_decay=0.5"]
     with pytest.raises(SystemExit, match=r"already holds a trained model \(step 400\)"):
-        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT])
+        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT, *same])
     with pytest.raises(SystemExit, match=r"holds a run with another config \(learning_rate differ\)"):
         cli.main(
             [
@@ -106,6 +107,9 @@ def test_a_finished_or_different_run_is_never_overwritten(trained):
                 "--config.learning_rate=1e-2",
             ]
         )
+    # Another method into a finished run: the config that differs is named first, not num_steps.
+    with pytest.raises(SystemExit, match=r"holds a run with another config \(method differ\)"):
+        cli.main(["train", "--config", CONFIG, "--workdir", str(trained), *SHORT, *same, "--config.method=icfm"])
     assert run_files(trained) == before
 
 
@@ -423,3 +427,9 @@ def test_the_train_step_averages_the_parameters_with_the_warmed_up_decay():
     looped, _ = four.steps(four.state, four.batches(four.data_key, 0))
     for got, want in zip(jax.tree.leaves(looped.ema_params), ema):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [float("nan"), -0.1, float("inf")])
+def test_an_unset_or_bad_sigma_never_reaches_a_loss(sigma):
+    with pytest.raises(ValueError, match=r"sigma must be a finite number >= 0.*resolve_defaults"):
+        LossSpec(sigma=sigma)

@@ -37,6 +37,7 @@ from fm_jax import couplings
 from fm_jax.data import toy2d
 from fm_jax.models import MLP, functional
 from fm_jax.train import LossSpec, RunSpec, build_loss
+from fm_jax.train.spec import resolve_defaults
 from fm_jax.train.state import build_model
 from fm_jax.train.step import mixed_precision
 
@@ -113,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/train_speed.json")
     args = parser.parse_args(argv)
 
-    config = common.config_with()
+    config, _ = resolve_defaults(common.config_with())  # sigma: the method's default
     apply, params = build_model(RunSpec.from_config(config).model)
     n = args.batch
     key = jax.random.key(0)

@@ -324,8 +324,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     primary = distributed.is_primary()
     fingerprints = spec.data.fingerprints()
     with workdir_lock(workdir, primary):
-        _check_not_finished(spec.loop.num_steps, workdir)
+        # Another config is named before a finished run is: a rerun with another method says so.
         _check_same_run(config, fingerprints, workdir)
+        _check_not_finished(spec.loop.num_steps, workdir)
         engine = build_engine(spec)
         checkpoints = Checkpoints(workdir, keep=spec.loop.keep_checkpoints, primary=primary)
         try:

@@ -34,6 +34,7 @@ sigma 0 (unused).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -59,6 +60,14 @@ class LossSpec:
     null_label: int | None = None
     beta: float = 1.0
     flow_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        # An unset sigma (NaN in a config, `spec.resolve_defaults` fills it) must not reach a loss.
+        if not math.isfinite(self.sigma) or self.sigma < 0:
+            raise ValueError(
+                f"sigma must be a finite number >= 0, got {self.sigma}: set --config.sigma, or resolve the "
+                "method's default first (fm_jax.train.spec.resolve_defaults)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

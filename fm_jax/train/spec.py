@@ -135,7 +135,9 @@ class DataSpec:
         if config.source != "normal":
             raise ValueError(f"Image targets are generated from the 'normal' source; got source {config.source!r}.")
         if "data" not in config:
-            raise ValueError("An image target needs a config.data section; start from experiments/configs/images.py.")
+            raise ValueError(
+                "An image target needs a config.data section; start from the packaged images config (--config images, fm_jax/configs/images.py)."
+            )
         d = config.data
         image = ImageData(
             data.image_name(config.target), d.dir or None, d.split, d.eval_split, d.flip, d.dequantize, d.num_threads
