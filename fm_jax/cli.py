@@ -167,11 +167,13 @@ def _load(args: argparse.Namespace):
     """The run in --workdir with the --params it asks for, saying so on stderr."""
     from fm_jax.train.workdir import load_run
 
-    print(f"loading {args.workdir} ({args.params} parameters)", file=sys.stderr)
     try:
-        return load_run(args.workdir, params=args.params)
+        run = load_run(args.workdir, params=args.params)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    kept = "" if run.params_kind == args.params else " (the run kept no EMA)"
+    print(f"loaded {args.workdir} at step {run.step}: {run.params_kind} parameters{kept}", file=sys.stderr)
+    return run
 
 
 def _num(args: argparse.Namespace, run) -> int:

@@ -55,7 +55,7 @@ def test_sample_reads_the_params_asked_for(ema_run, capsys):
     args = ["sample", "--workdir", str(ema_run), "--solver", "euler", "--steps", "4", "--num", "50"]
     cli.main([*args, "--params", "raw"])
     raw = np.load(ema_run / "samples_euler_4steps.npz")["x1"]
-    assert "(raw parameters)" in capsys.readouterr().err
+    assert "at step 40: raw parameters" in capsys.readouterr().err
     cli.main(args)
     ema = np.load(ema_run / "samples_euler_4steps.npz")["x1"]
     assert not np.array_equal(raw, ema)
