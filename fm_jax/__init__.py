@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __getattr__, __dir__, __all__ = attach(
     __name__,
     submodules=[
+        "assignment",
         "couplings",
         "data",
         "distillation",
@@ -56,6 +57,7 @@ __getattr__, __dir__, __all__ = attach(
 
 if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
     from fm_jax import (  # noqa: F401
+        assignment,
         couplings,
         data,
         distillation,

@@ -124,8 +124,11 @@ def test_couplings_bench_finds_the_optimum_and_writes_the_table(tmp_path, monkey
     bench("couplings", monkeypatch).main(["--sizes", "16", "--dims", "2", "--out", str(out)])
     assert said(capsys.readouterr().err, "couplings bench: every coupling timed on 1 size(s)", "couplings bench", 1)
     (row,) = json.loads(out.read_text())["rows"]
-    # ExactOT reaches SciPy's optimum; an entropic plan cannot beat it.
-    assert abs(row["exact_gap"]) < 1e-5 and row["sinkhorn_gap"] > -1e-6
+    # Both exact solvers reach SciPy's optimum; an entropic plan cannot beat it.
+    assert abs(row["exact_gap"]) < 1e-5 and abs(row["auction_gap"]) < 1e-6 and row["sinkhorn_gap"] > -1e-6
+    # The Hungarian replica that counts optax's loop trips reaches the optimum too; the auction
+    # takes fewer dependent steps even at n = 16.
+    assert abs(row["hungarian_replica_gap"]) < 1e-9 and 0 < row["auction_depth"] < row["hungarian_depth"]
     # POT's Sinkhorn at the same ε solves the same entropic problem: its plan costs the same.
     assert row["pot_sinkhorn_s"] > 0 and abs(row["pot_sinkhorn_gap"] - row["sinkhorn_gap"]) < 0.01
     assert "| 16 | 2 |" in (tmp_path / "couplings.md").read_text()
@@ -343,3 +346,18 @@ def test_startup_bench_times_fresh_processes_and_names_what_they_import(tmp_path
     assert cases == result["cases"] and set(cases) == {"import fm_jax", "numpy"}
     assert cases["import fm_jax"]["imports"] == [] and 0 < cases["import fm_jax"]["seconds"] < 60
     assert "| `import fm_jax` |" in (tmp_path / "startup.md").read_text()
+
+
+def test_hungarian_loop_trips_follow_optax(monkeypatch):
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    count = bench("couplings", monkeypatch).hungarian_loop_trips
+    # One row: the row loop, one search step with its inner loop over one column, one augmentation.
+    assert count(np.zeros((1, 1)))[0] == 4
+    # Two rows on the identity's cost: each search adds its own free column at once.
+    assert count(np.array([[0.0, 1.0], [1.0, 0.0]]))[0] == (1 + 3 + 1) + (1 + 3 + 1)
+    cost = np.random.default_rng(0).random((32, 32))
+    rows, cols = optax.assignment.hungarian_algorithm(jnp.asarray(cost, jnp.float32))
+    np.testing.assert_array_equal(count(cost)[1][np.asarray(cols)], np.asarray(rows))
