@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm_jax import assignment
+from fm_jax import assignment, host_ot
 from fm_jax.primitives import pairwise_sq_distances
 from fm_jax.registry import Registry
 
@@ -175,20 +175,8 @@ class Independent(Coupling):
         return x0, x1, labels
 
 
-def _network_simplex_assignment(cost: np.ndarray) -> np.ndarray:
-    """Host side: perm[j] = the source row paired with data column j, by POT's network simplex."""
-    import ot  # POT, and the scikit-learn it imports, load with the first host solve
-
-    n = cost.shape[0]
-    weights = np.full(n, 1.0 / n)
-    plan = ot.emd(weights, weights, np.asarray(cost, np.float64), numItermax=max(100_000, 50 * n * n))
-    # A vertex of the assignment polytope: a permutation matrix scaled by 1 / n.
-    return np.argmax(plan, axis=0).astype(np.int32)
-
-
 def _network_simplex(cost: jax.Array, allowed: jax.Array | None) -> jax.Array:
-    shape = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
-    return jax.pure_callback(_network_simplex_assignment, shape, _penalized(cost, allowed), vmap_method="sequential")
+    return host_ot.network_simplex(_penalized(cost, allowed))
 
 
 def _hungarian(cost: jax.Array, allowed: jax.Array | None) -> jax.Array:
@@ -222,7 +210,8 @@ class ExactOT(Coupling):
     - `"hungarian"`: optax's Hungarian algorithm, on the device inside jit; O(n^3) as a long
       sequential loop of scalar operations.
     - `"network_simplex"`: POT's exact network simplex on the host through
-      `jax.pure_callback`, the fastest on a CPU (see the README's timing table).
+      `jax.pure_callback` (`fm_jax.host_ot`: the sets of a vmapped call solved in parallel on
+      the host's cores), the fastest on a CPU (see the README's timing table).
     """
 
     class_conditional: bool = False
