@@ -313,7 +313,10 @@ def test_methods_carry_their_defaults_and_an_explicit_value_wins():
     assert sbcfm.method.conditional_path(sbcfm.loss.sigma) == fm.paths.BrownianBridge(1.0)
     assert spec_of(method="sbcfm", sigma=0.3).loss.sigma == 0.3  # --config.sigma=0.3 wins
     otcfm = spec_of(method="otcfm")
-    assert (otcfm.loss.sigma, otcfm.loss.ot_solver) == (0.1, "network_simplex")
+    assert (otcfm.loss.sigma, otcfm.loss.ot_solver) == (0.1, "auto")
+    # "auto" is the host network simplex on these CPU devices (the auction on a GPU or TPU).
+    assert otcfm.method.coupling(otcfm.loss).solver == "network_simplex"
+    assert [fm.couplings.auto_solver(p) for p in ("cpu", "gpu", "tpu")] == ["network_simplex", "auction", "auction"]
     assert spec_of(method="icfm").loss.sigma == 0.1 and spec_of(method="si").loss.sigma == 0.0
     # The resolved config (what config.json records) and the defaults applied, which the run prints.
     resolved, applied = resolve_defaults(apply_overrides(load_config(CONFIG), {"method": "sbcfm"}))
@@ -322,10 +325,7 @@ def test_methods_carry_their_defaults_and_an_explicit_value_wins():
     # A config built in Python leaves a field unset with None.
     config = load_config(CONFIG)
     config.method, config.sigma, config.ot_solver = "otcfm", None, None
-    assert (RunSpec.from_config(config).loss.sigma, RunSpec.from_config(config).loss.ot_solver) == (
-        0.1,
-        "network_simplex",
-    )
+    assert (RunSpec.from_config(config).loss.sigma, RunSpec.from_config(config).loss.ot_solver) == (0.1, "auto")
     # SB-CFM at sigma = 0 (epsilon = 0) cannot couple: refused, naming the fix.
     with pytest.raises(ValueError, match=r"sigma > 0 .*--config.sigma=1"):
         spec_of(method="sbcfm", sigma=0)

@@ -33,5 +33,5 @@ def get_config():
     config.log_every = 1000
     config.eval_every = 10_000
     config.checkpoint_every = 20_000
-    config.ot_solver = "hungarian"
+    config.ot_solver = "auto"  # the auction on a GPU or TPU (fm_jax.couplings.AUTO_SOLVERS)
     return config

@@ -26,9 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config = toy2d.get_config()
     config.method = "fm"
     config.sigma = 0.0
-    # OT-CFM's exact solver: POT's network simplex on the host is the fast one on a CPU;
-    # "hungarian" solves on the devices (use it on accelerators and in multi-process runs).
-    config.ot_solver = "network_simplex"
+    # OT-CFM's exact solver: "auto" takes POT's network simplex on the host on a CPU and the
+    # auction on the devices on a GPU or TPU (fm_jax.couplings.AUTO_SOLVERS); "auction" also
+    # serves multi-process runs, where no process holds the whole batch.
+    config.ot_solver = "auto"
     config.source = "normal"
     config.target = "tfds:digits"
     # Read with grain (fm_jax.data.images); flips and dequantization happen on the devices.

@@ -26,9 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The path's noise scale; NaN (unset) takes the method's default (fm_jax.train.methods):
     # 0.1, and 1 for sbcfm (its Sinkhorn epsilon is 2 sigma^2). A float, so --config.sigma=0.5 parses.
     config.sigma = float("nan")
-    # Exact OT on the host (POT's network simplex): on a CPU it is 9x faster than the in-jit
-    # Hungarian solver at batch 256; use "hungarian" on accelerators.
-    config.ot_solver = "network_simplex"
+    # OT-CFM's exact solver: "auto" takes POT's network simplex on the host on a CPU (13x faster
+    # than the on-device auction at batch 256) and the auction on a GPU or TPU.
+    config.ot_solver = "auto"
     config.source = "normal"
     config.target = "moons"
     config.model = ml_collections.ConfigDict({"width": 64, "depth": 3, "activation": "selu"})

@@ -77,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> RunSpec:
         if jax.process_count() > 1 and spec.method.coupling is not None and on_host(spec.method.coupling(spec.loss)):
             raise ValueError(
                 "A host OT solver couples the whole batch, which no one process holds when images are read per "
-                "process: use --config.ot_solver=hungarian (solved on the devices) or --config.coupling_scope=group."
+                "process: use --config.ot_solver=auction (solved on the devices) or --config.coupling_scope=group."
             )
     return spec
 

@@ -55,7 +55,7 @@ class LossSpec:
 
     sigma: float = 0.0
     target: str = "velocity"
-    ot_solver: str = "hungarian"
+    ot_solver: str = "auto"
     label_dropout: float = 0.0
     null_label: int | None = None
     beta: float = 1.0
@@ -132,7 +132,7 @@ for _method in (
         "Tong et al. 2024",
         paths.ICFM,
         lambda spec: couplings.ExactOT(solver=spec.ot_solver),
-        defaults=_SIGMA | {"ot_solver": "network_simplex"},
+        defaults=_SIGMA | {"ot_solver": "auto"},
     ),
     Method(
         "sbcfm",
