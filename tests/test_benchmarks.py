@@ -361,3 +361,18 @@ def test_hungarian_loop_trips_follow_optax(monkeypatch):
     cost = np.random.default_rng(0).random((32, 32))
     rows, cols = optax.assignment.hungarian_algorithm(jnp.asarray(cost, jnp.float32))
     np.testing.assert_array_equal(count(cost)[1][np.asarray(cols)], np.asarray(rows))
+
+
+def test_gpu_check_runs_end_to_end_at_tiny_sizes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gpu_check.json"
+    bench("gpu_check", monkeypatch).main(["--tiny", "--calls", "2", "--out", str(out)])
+    assert "GPU check on" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    for precision in ("float32", "bfloat16"):
+        row = result["unet"]["precisions"][precision]
+        assert row["images_per_s"] > 0 and row["icfm_gflop"] > 0 and row["mfu_vs_bf16_peak"] is None  # a CPU
+    (row,) = result["couplings"]
+    assert all(row[f"{name}_ms"] > 0 for name in ("auction", "network_simplex", "sinkhorn", "hungarian"))
+    assert row["auction_depth"] > 0 and abs(row["auction_gap_to_pot"]) < 1e-6
+    assert result["otcfm_vs_icfm"]["otcfm_auction_over_icfm_time"] > 0
+    assert result["otcfm_vs_icfm"]["otcfm_network_simplex_over_icfm_time"] > 0
