@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,7 @@ __all__ = [
     "Independent",
     "SchrodingerBridge",
     "SinkhornOT",
+    "SinkhornSolution",
     "auto_solver",
     "check_pairs",
     "sample_pairs",
@@ -103,14 +105,18 @@ def _inverse_cdf(key: jax.Array, weights: jax.Array, shape: tuple[int, ...]) -> 
 
     By inverting the cumulative weights: O(n) work and one uniform per draw, where Gumbel-max
     (`jax.random.categorical`) needs n random numbers per draw, which dominates on a CPU.
-    Entries of zero weight are never drawn: the search runs on the running maximum of the
-    cumulative sum taken at positive entries only, which is flat across zero entries however
-    the sum rounds.
     """
+    return _inverse_cdf_at(jax.random.uniform(key, shape + (1,), weights.dtype), weights)
+
+
+def _inverse_cdf_at(u: jax.Array, weights: jax.Array) -> jax.Array:
+    """`_inverse_cdf` for given uniforms u (shape + (1,)). Entries of zero weight are never
+    drawn: the search runs on the running maximum of the cumulative sum taken at positive
+    entries only, which is flat across zero entries however the sum rounds."""
     cdf = jnp.cumsum(weights, axis=-1)
     edges = jax.lax.cummax(jnp.where(weights > 0, cdf, 0.0), axis=weights.ndim - 1)
     total = edges[..., -1:]
-    u = jax.random.uniform(key, shape + (1,), weights.dtype) * total
+    u = u * total
     u = jnp.minimum(u, jnp.nextafter(total, jnp.zeros_like(total)))  # u < total: never past the last positive entry
     if weights.ndim == 1:
         return jnp.searchsorted(edges, u[..., 0], side="right")
@@ -281,6 +287,31 @@ class ExactOT(Coupling):
         return (x0[result.perm], x1, labels), stats
 
 
+def _ott_online_compat() -> None:
+    """ott-jax 0.6.0's online geometries chunk their cost with `ott.utils.batched_vmap`, which
+    flattens its arguments with `is_leaf=jax.interpreters.batching.is_vmappable`, a function
+    jax 0.10 removed. It returned True only for types registered as custom vmappables (none
+    here), so `lambda x: False` is exactly the behavior ott-jax expects."""
+    from jax.interpreters import batching
+
+    if "is_vmappable" not in vars(batching):
+        batching.is_vmappable = lambda x: False  # type: ignore[attr-defined]
+
+
+class SinkhornSolution(NamedTuple):
+    """What `SinkhornOT.solve` returns: the plan (None with `online`, which never forms it), the
+    dual potentials f (rows, x0) and g (columns, x1) with plan_ij = exp((f_i + g_j - C_ij) / eps),
+    whether Sinkhorn met its threshold (an unconverged plan's marginals are not uniform), the
+    absolute epsilon and the iterations run."""
+
+    plan: jax.Array | None
+    f: jax.Array
+    g: jax.Array
+    converged: jax.Array
+    epsilon: jax.Array
+    iterations: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class SinkhornOT(Coupling):
     """Entropic OT (ott-jax Sinkhorn) on the squared Euclidean cost.
@@ -288,6 +319,12 @@ class SinkhornOT(Coupling):
     epsilon is absolute, or relative to the mean pairwise cost when `relative_epsilon`.
     Pairs are drawn from the plan with replacement (as in Tong et al. 2024), or with
     `hard=True` each data point x1_j takes the source point argmax_i pi_ij.
+
+    `online=k` (k > 0) bounds the memory for large batches: ott-jax's online point-cloud
+    geometry recomputes the cost k rows at a time in every Sinkhorn iteration, and the pairs
+    are drawn from the dual potentials k rows (or columns) at a time, so no n x n array is
+    formed: O(n k) memory instead of O(n^2), for about twice the arithmetic of the dense
+    solve per iteration. Not with `class_conditional` (its penalty is a dense cost).
     """
 
     epsilon: float = 0.05
@@ -296,6 +333,18 @@ class SinkhornOT(Coupling):
     class_conditional: bool = False
     threshold: float = 1e-3
     max_iterations: int = 2000
+    online: int = 0
+
+    def __post_init__(self) -> None:
+        if self.online < 0:
+            raise ValueError(
+                f"SinkhornOT(online=k) needs k >= 0 rows per chunk (0: the dense solve), got {self.online}."
+            )
+        if self.online and self.class_conditional:
+            raise ValueError(
+                "SinkhornOT(online=k) has no dense cost to penalize across classes: use online=0 with "
+                "class_conditional=True."
+            )
 
     def absolute_epsilon(self, cost: jax.Array) -> jax.Array:
         """The absolute entropic regularization for a cost matrix.
@@ -308,25 +357,40 @@ class SinkhornOT(Coupling):
         """
         return self.epsilon * jnp.mean(cost) if self.relative_epsilon else jnp.asarray(self.epsilon)
 
-    def solve(
-        self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
-    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(pi, converged, epsilon, iterations): the entropic plan, whether Sinkhorn met
-        `threshold` within `max_iterations` (an unconverged plan's marginals are not uniform),
-        the absolute epsilon used and the iterations run. Silent: `plan` and calling the
-        coupling warn when it did not converge, `call_with_stats` returns the flag."""
-        from ott.geometry import geometry  # ott-jax loads with the first Sinkhorn solve
+    def solve(self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None) -> SinkhornSolution:
+        """The entropic plan (or, with `online`, only its potentials) and the solve's diagnostics.
+        Silent: `plan` and calling the coupling warn when it did not converge,
+        `call_with_stats` returns the flag."""
+        from ott.geometry import costs, geometry, pointcloud  # ott-jax loads with the first Sinkhorn solve
         from ott.solvers import linear
+        from ott.solvers.linear import sinkhorn
 
         check_pairs(x0, x1, labels, self.class_conditional)
-        cost = pairwise_sq_distances(x0, x1)
-        eps = self.absolute_epsilon(cost)
-        if self.class_conditional:
-            cost = _penalized(cost, _same_class(labels))  # type: ignore[arg-type]  # check_pairs raised if labels is None
-        # ott-jax annotates epsilon as a Python float; it takes a (traced) scalar array too.
-        geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)  # type: ignore[arg-type]
+        geom: geometry.Geometry
+        if self.online:
+            _ott_online_compat()
+            a, b = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
+            # The mean of |a_i - b_j|^2 over all pairs, in closed form (no n x n array).
+            mean = jnp.mean(jnp.sum(a**2, 1)) + jnp.mean(jnp.sum(b**2, 1)) - 2.0 * jnp.sum(a.mean(0) * b.mean(0))
+            eps = self.epsilon * mean if self.relative_epsilon else jnp.asarray(self.epsilon)
+            geom = pointcloud.PointCloud(a, b, cost_fn=costs.SqEuclidean(), batch_size=self.online, epsilon=eps)
+        else:
+            cost = pairwise_sq_distances(x0, x1)
+            eps = self.absolute_epsilon(cost)
+            if self.class_conditional:
+                cost = _penalized(cost, _same_class(labels))  # type: ignore[arg-type]  # check_pairs raised if labels is None
+            # ott-jax annotates epsilon as a Python float; it takes a (traced) scalar array too.
+            geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)  # type: ignore[arg-type]
         out = linear.solve(geom, threshold=self.threshold, max_iterations=self.max_iterations)
-        return out.matrix, jnp.asarray(out.converged), eps, jnp.asarray(out.n_iters)
+        assert isinstance(out, sinkhorn.SinkhornOutput)  # full rank: linear.solve's default
+        return SinkhornSolution(
+            plan=None if self.online else out.matrix,
+            f=out.f,
+            g=out.g,
+            converged=jnp.asarray(out.converged),
+            epsilon=eps,
+            iterations=jnp.asarray(out.n_iters),
+        )
 
     def plan(self, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
         """The entropic transport plan pi (n x n, total mass 1, uniform marginals); warns on the
@@ -340,23 +404,30 @@ class SinkhornOT(Coupling):
         Returns:
             pi, (n, n), rows indexing x0 and columns x1.
         """
-        pi, converged, eps, _ = self.solve(x0, x1, labels)
-        jax.debug.callback(_warn_if_unconverged, converged, eps, self.max_iterations)
-        return pi
+        if self.online:
+            raise ValueError("SinkhornOT(online=k) never forms the n x n plan; use online=0 for plan().")
+        solution = self.solve(x0, x1, labels)
+        jax.debug.callback(_warn_if_unconverged, solution.converged, solution.epsilon, self.max_iterations)
+        return solution.plan  # type: ignore[return-value]  # dense: the plan is there
 
     def _pairs(
-        self, key: jax.Array, pi: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None
+        self, key: jax.Array, solution: SinkhornSolution, x0: jax.Array, x1: jax.Array, labels: jax.Array | None
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        if self.hard:
-            return x0[jnp.argmax(pi, axis=0)], x1, labels
-        i, j = sample_pairs(key, pi, x1.shape[0])
+        if solution.plan is not None:
+            pi = solution.plan
+            if self.hard:
+                return x0[jnp.argmax(pi, axis=0)], x1, labels
+            i, j = sample_pairs(key, pi, x1.shape[0])
+            return x0[i], x1[j], None if labels is None else labels[j]
+        i, j = _online_pairs(key, solution, x0, x1, self.online, self.hard)
         return x0[i], x1[j], None if labels is None else labels[j]
 
     def __call__(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        pi = self.plan(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
-        return self._pairs(key, pi, x0, x1, labels)
+        solution = self.solve(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
+        jax.debug.callback(_warn_if_unconverged, solution.converged, solution.epsilon, self.max_iterations)
+        return self._pairs(key, solution, x0, x1, labels)
 
     def call_with_stats(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
@@ -364,22 +435,58 @@ class SinkhornOT(Coupling):
         """The pairs and {"sinkhorn_converged": 1.0 or 0.0, "sinkhorn_epsilon": the absolute
         epsilon, "sinkhorn_iterations": the iterations run}, without the host warning of `plan`
         (the caller reports)."""
-        pi, converged, eps, iterations = self.solve(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
+        solution = self.solve(jax.lax.stop_gradient(x0), jax.lax.stop_gradient(x1), labels)
         stats = {
-            "sinkhorn_converged": converged.astype(jnp.float32),
-            "sinkhorn_epsilon": eps.astype(jnp.float32),
-            "sinkhorn_iterations": iterations.astype(jnp.float32),
+            "sinkhorn_converged": solution.converged.astype(jnp.float32),
+            "sinkhorn_epsilon": solution.epsilon.astype(jnp.float32),
+            "sinkhorn_iterations": solution.iterations.astype(jnp.float32),
         }
-        return self._pairs(key, pi, x0, x1, labels), stats
+        return self._pairs(key, solution, x0, x1, labels), stats
+
+
+def _online_pairs(
+    key: jax.Array, solution: SinkhornSolution, x0: jax.Array, x1: jax.Array, chunk: int, hard: bool
+) -> tuple[jax.Array, jax.Array]:
+    """(i, j) index pairs from the potentials alone, `chunk` rows or columns of the plan at a time.
+
+    hard: column j takes argmax_i pi_ij = argmax_i (f_i - C_ij). Else, as `sample_pairs` does
+    with a dense plan, i from the plan's row sums and then j from row i.
+    """
+    a, b = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
+    f, g, eps = solution.f, solution.g, solution.epsilon
+
+    def row_logits(i: jax.Array) -> jax.Array:  # log pi_i. (up to f_i / eps), over the columns
+        return (g - jnp.sum((a[i] - b) ** 2, axis=-1)) / eps
+
+    if hard:
+        j_all = jnp.arange(b.shape[0])
+        i = jax.lax.map(lambda j: jnp.argmax(f - jnp.sum((a - b[j]) ** 2, axis=-1)), j_all, batch_size=chunk)
+        return i, j_all
+    k_i, k_j = jax.random.split(key)
+    rows = jnp.arange(a.shape[0])
+    log_rows = jax.lax.map(lambda i: f[i] / eps + jax.nn.logsumexp(row_logits(i)), rows, batch_size=chunk)
+    i = _inverse_cdf(k_i, jnp.exp(log_rows - jnp.max(log_rows)), (b.shape[0],))
+    # The uniforms `sample_pairs` draws for the second stage: the same pairs as the dense plan's.
+    u = jax.random.uniform(k_j, (b.shape[0], 1), f.dtype)
+
+    def draw(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+        row, v = args
+        logits = row_logits(row)
+        return _inverse_cdf_at(v, jnp.exp(logits - jnp.max(logits)))
+
+    j = jax.lax.map(draw, (i, u), batch_size=chunk)
+    return i, j
 
 
 @dataclasses.dataclass(frozen=True)
 class SchrodingerBridge(Coupling):
-    """Static Schrodinger bridge of sigma W: entropic OT with absolute eps = 2 sigma^2 (Tong et al. 2024)."""
+    """Static Schrodinger bridge of sigma W: entropic OT with absolute eps = 2 sigma^2 (Tong et al.
+    2024); `online=k` as in `SinkhornOT`."""
 
     sigma: float = 1.0
     hard: bool = False
     class_conditional: bool = False
+    online: int = 0
 
     def __post_init__(self) -> None:
         if not self.sigma > 0:
@@ -396,6 +503,7 @@ class SchrodingerBridge(Coupling):
             relative_epsilon=False,
             hard=self.hard,
             class_conditional=self.class_conditional,
+            online=self.online,
         )
 
     def __call__(

@@ -230,3 +230,34 @@ def test_couplings_reject_bad_input():
         fm.couplings.ExactOT(class_conditional=True)(None, x0, x1)
     with pytest.raises(ValueError, match="labels have"):
         fm.couplings.SinkhornOT()(jax.random.key(0), x0, x1, jnp.zeros(3))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_online_sinkhorn_gives_the_dense_plans_pairs_without_an_n_by_n_array(hard):
+    x0, x1 = _batch(64, 3, 9)
+    labels = jnp.arange(64)
+    dense, online = fm.couplings.SinkhornOT(hard=hard), fm.couplings.SinkhornOT(hard=hard, online=16)
+    solved = dense.solve(x0, x1), online.solve(x0, x1)
+    np.testing.assert_allclose(solved[0].f, solved[1].f, atol=1e-4)
+    np.testing.assert_allclose(solved[0].g, solved[1].g, atol=1e-4)
+    assert float(solved[0].epsilon) == pytest.approx(float(solved[1].epsilon), rel=1e-5)
+    assert solved[1].plan is None
+    # The same pairs: the potentials give the plan's rows, and the draws use the same uniforms.
+    for a, b in zip(
+        jax.jit(dense)(jax.random.key(5), x0, x1, labels), jax.jit(online)(jax.random.key(5), x0, x1, labels)
+    ):
+        np.testing.assert_array_equal(a, b)
+    # Memory: the online solve and draw never hold the n x n plan or cost.
+    n = 2048
+    big = jax.random.normal(jax.random.key(0), (n, 2))
+    memory = jax.jit(online).lower(jax.random.key(0), big, big + 1.0).compile().memory_analysis()
+    assert memory.temp_size_in_bytes < n * n * 4 / 8
+
+
+def test_online_sinkhorn_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="online=k"):
+        fm.couplings.SinkhornOT(online=-1)
+    with pytest.raises(ValueError, match="class_conditional=True"):
+        fm.couplings.SinkhornOT(online=8, class_conditional=True)
+    with pytest.raises(ValueError, match="never forms the n x n plan"):
+        fm.couplings.SinkhornOT(online=8).plan(*_batch(8))

@@ -326,6 +326,9 @@ def test_methods_carry_their_defaults_and_an_explicit_value_wins():
     config = load_config(CONFIG)
     config.method, config.sigma, config.ot_solver = "otcfm", None, None
     assert (RunSpec.from_config(config).loss.sigma, RunSpec.from_config(config).loss.ot_solver) == (0.1, "auto")
+    # SB-CFM's Sinkhorn on large batches: the online (memory-bounded) geometry from the config.
+    online = spec_of(method="sbcfm", sinkhorn_online=64)
+    assert online.method.coupling(online.loss) == fm.couplings.SchrodingerBridge(1.0, online=64)
     # SB-CFM at sigma = 0 (epsilon = 0) cannot couple: refused, naming the fix.
     with pytest.raises(ValueError, match=r"sigma > 0 .*--config.sigma=1"):
         spec_of(method="sbcfm", sigma=0)

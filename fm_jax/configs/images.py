@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     # auction on the devices on a GPU or TPU (fm_jax.couplings.AUTO_SOLVERS); "auction" also
     # serves multi-process runs, where no process holds the whole batch.
     config.ot_solver = "auto"
+    # SB-CFM's Sinkhorn on large global batches: k > 0 recomputes the cost k rows at a time
+    # (memory O(batch x k), no batch x batch array; ott-jax's online geometry); 0: dense.
+    config.sinkhorn_online = 0
     config.source = "normal"
     config.target = "tfds:digits"
     # Read with grain (fm_jax.data.images); flips and dequantization happen on the devices.

@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     # OT-CFM's exact solver: "auto" takes POT's network simplex on the host on a CPU (13x faster
     # than the on-device auction at batch 256) and the auction on a GPU or TPU.
     config.ot_solver = "auto"
+    # SB-CFM's Sinkhorn on large global batches: k > 0 recomputes the cost k rows at a time
+    # (memory O(batch x k), no batch x batch array; ott-jax's online geometry); 0: dense.
+    config.sinkhorn_online = 0
     config.source = "normal"
     config.target = "moons"
     config.model = ml_collections.ConfigDict({"width": 64, "depth": 3, "activation": "selu"})

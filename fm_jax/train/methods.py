@@ -50,12 +50,14 @@ __all__ = ["METHODS", "LossSpec", "Method", "build_loss", "get_method"]
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     """The loss settings a config gives: the path's sigma, the regression target, OT-CFM's exact
-    solver, label dropout for classifier-free guidance (with the network's null label),
-    fastode's KL weight beta, and a normalizing flow's training noise."""
+    solver, SB-CFM's online Sinkhorn chunk (0: dense), label dropout for classifier-free
+    guidance (with the network's null label), fastode's KL weight beta, and a normalizing
+    flow's training noise."""
 
     sigma: float = 0.0
     target: str = "velocity"
     ot_solver: str = "auto"
+    sinkhorn_online: int = 0
     label_dropout: float = 0.0
     null_label: int | None = None
     beta: float = 1.0
@@ -138,7 +140,7 @@ for _method in (
         "sbcfm",
         "Tong et al. 2024",
         paths.BrownianBridge,
-        lambda spec: couplings.SchrodingerBridge(spec.sigma),
+        lambda spec: couplings.SchrodingerBridge(spec.sigma, online=spec.sinkhorn_online),
         defaults={"sigma": 1.0},
     ),
     Method(

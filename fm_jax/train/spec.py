@@ -446,6 +446,7 @@ class RunSpec:
         loss = LossSpec(
             sigma=config.sigma,
             ot_solver=LossSpec.ot_solver if is_unset(config.get("ot_solver")) else config.ot_solver,
+            sinkhorn_online=config.get("sinkhorn_online", 0),
             label_dropout=config.get("label_dropout", 0.0) if data_spec.num_classes else 0.0,
             null_label=data_spec.num_classes or None,
             beta=config.get("beta", 1.0),
