@@ -376,3 +376,17 @@ def test_gpu_check_runs_end_to_end_at_tiny_sizes(tmp_path, monkeypatch, capsys):
     assert row["auction_depth"] > 0 and abs(row["auction_gap_to_pot"]) < 1e-6
     assert result["otcfm_vs_icfm"]["otcfm_auction_over_icfm_time"] > 0
     assert result["otcfm_vs_icfm"]["otcfm_network_simplex_over_icfm_time"] > 0
+
+
+def test_large_batch_bench_states_memory_and_time(tmp_path, monkeypatch):
+    out = tmp_path / "large_batch.json"
+    module = bench("large_batch", monkeypatch)
+    module.main(["--sizes", "64", "--dims", "2", "--chunk", "16", "--out", str(out)])
+    module.main(["--sizes", "64", "--dims", "2", "--chunk", "16", "--budget", "0", "--out", str(tmp_path / "b.json")])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["auction_s"] > 0 and row["sinkhorn_dense_s"] > 0 and row["sinkhorn_online_s"] > 0
+    # The online geometry needs less memory than the dense cost (a 64 x 64 plan is 16 KiB).
+    assert row["sinkhorn_online_mb"] < row["sinkhorn_dense_mb"]
+    assert row["sinkhorn_online_iterations"] == row["sinkhorn_iterations"] and "sinkhorn_online_estimated" not in row
+    (capped,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert capped["sinkhorn_online_estimated"] and "| 64 | 2 |" in (tmp_path / "b.md").read_text()
