@@ -39,6 +39,8 @@ from fm_jax.primitives import pairwise_sq_distances
 from fm_jax.train.step import mixed_precision
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
+import unet_step  # noqa: E402 (this folder, as the tests and the script's own path import it)
+
 from experiments import common
 
 # Dense bf16 tensor-core peak FLOP/s by device kind (the vendors' data sheets, SXM parts).
@@ -71,13 +73,7 @@ def compiled_step(fn, params, optimizer, row: dict, name: str):
 def step_times(steps: dict, params, optimizer, calls: int) -> dict[str, float]:
     """Median seconds per call of each step, the calls interleaved (the same load for all)."""
     carries = {name: jax.block_until_ready(step(params, optimizer.init(params), 0)) for name, step in steps.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for call in range(calls):
-        for name, step in steps.items():
-            began = time.perf_counter()
-            carries[name] = jax.block_until_ready(step(*carries[name], call + 1))
-            times[name].append(time.perf_counter() - began)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return unet_step.median_call_seconds(steps, carries, calls)
 
 
 def train_steps(sizes: dict, calls: int, progress_desc: str) -> tuple[dict, dict]:
