@@ -42,6 +42,7 @@ from fm_jax.registry import Registry
 __all__ = [
     "AUTO_SOLVERS",
     "EXACT_SOLVERS",
+    "LAYOUTS",
     "Coupling",
     "ExactOT",
     "Independent",
@@ -128,7 +129,8 @@ def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, ja
 
     In two stages, i from the row sums of pi and then j from row i, so that each cumulative
     sum runs over n entries rather than n^2 (in float32 the n^2 masses of a large plan fall
-    below the resolution of one cumulative sum). Zero-mass pairs (across classes) are never drawn.
+    below the resolution of one cumulative sum); the second stage takes `DRAW_CHUNK` draws at
+    a time. Zero-mass pairs (across classes) are never drawn.
 
     Args:
         key: the key of the draws.
@@ -140,12 +142,36 @@ def sample_pairs(key: jax.Array, pi: jax.Array, num: int) -> tuple[jax.Array, ja
     """
     k_i, k_j = jax.random.split(key)
     i = _inverse_cdf(k_i, jnp.sum(pi, axis=1), (num,))
-    j = _inverse_cdf(k_j, pi[i], (num,))
+    # Row i of the plan for each draw, DRAW_CHUNK draws at a time: the drawn rows take
+    # DRAW_CHUNK x m floats rather than num x m (a plan split over devices by rows stays split).
+    u = jax.random.uniform(k_j, (num, 1), pi.dtype)
+    j = jax.lax.map(lambda args: _inverse_cdf_at(args[1], pi[args[0]]), (i, u), batch_size=DRAW_CHUNK)
     return i, j
 
 
+LAYOUTS = ("gathered", "rows", "examples")
+DRAW_CHUNK = 1024  # draws per chunk of `sample_pairs`' second stage
+
+
 class Coupling:
-    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`."""
+    """Base class: `__call__(key, x0, x1, labels=None) -> (x0, x1, labels)`.
+
+    `layout` says how a train step lays out a global batch sharded over devices for the
+    coupling (`fm_jax.train.step.couple_global`), as one of `LAYOUTS`:
+
+    - "gathered": every device holds the whole batch (a sequential or host solver);
+    - "rows": x0 stays split over the devices by rows and x1 is gathered, so that XLA's
+      partitioner splits the n x n cost and the solve over its rows (dense Sinkhorn: each
+      device iterates on n / D rows, memory and time per device divided by D);
+    - "examples": nothing is gathered (a per-example map: a teacher's).
+
+    Any layout gives the pairs of one device, up to floating-point reassociation.
+    """
+
+    @property
+    def layout(self) -> str:
+        """How a sharded global batch is laid out for this coupling: one of `LAYOUTS`."""
+        return "gathered"
 
     def __call__(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
@@ -175,6 +201,10 @@ class Coupling:
 @dataclasses.dataclass(frozen=True)
 class Independent(Coupling):
     """Pairs as drawn: the product coupling q(x0) q(x1)."""
+
+    @property
+    def layout(self) -> str:
+        return "examples"
 
     def __call__(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
@@ -346,6 +376,12 @@ class SinkhornOT(Coupling):
                 "class_conditional=True."
             )
 
+    @property
+    def layout(self) -> str:
+        """ "rows" for the dense solve (the partitioner splits the cost and the iterations over
+        the rows of x0); the online geometry's chunked loop is not split, so it is "gathered"."""
+        return "gathered" if self.online else "rows"
+
     def absolute_epsilon(self, cost: jax.Array) -> jax.Array:
         """The absolute entropic regularization for a cost matrix.
 
@@ -494,6 +530,10 @@ class SchrodingerBridge(Coupling):
                 f"SchrodingerBridge needs sigma > 0 (epsilon = 2 sigma^2), got {self.sigma}; SB-CFM's "
                 "default is sigma = 1 (--config.sigma=1)."
             )
+
+    @property
+    def layout(self) -> str:
+        return self.sinkhorn.layout
 
     @property
     def sinkhorn(self) -> SinkhornOT:

@@ -48,6 +48,11 @@ class TeacherCoupling(Coupling):
         if self.side not in TEACHER_SIDES:
             raise ValueError(f"Unknown teacher side {self.side!r}; choose one of {TEACHER_SIDES}.")
 
+    @property
+    def layout(self) -> str:
+        """ "examples": the teacher maps each example alone, so a sharded batch stays where it is."""
+        return "examples"
+
     def __call__(
         self, key: jax.Array, x0: jax.Array, x1: jax.Array, labels: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:

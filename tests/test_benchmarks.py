@@ -387,6 +387,8 @@ def test_large_batch_bench_states_memory_and_time(tmp_path, monkeypatch):
     assert row["auction_s"] > 0 and row["sinkhorn_dense_s"] > 0 and row["sinkhorn_online_s"] > 0
     # The online geometry needs less memory than the dense cost (a 64 x 64 plan is 16 KiB).
     assert row["sinkhorn_online_mb"] < row["sinkhorn_dense_mb"]
+    # Split by rows over 8 devices (the suite's fake devices), each holds less than one device does.
+    assert 0 < row["sinkhorn_rows_mb"] < row["sinkhorn_dense_mb"]
     assert row["sinkhorn_online_iterations"] == row["sinkhorn_iterations"] and "sinkhorn_online_estimated" not in row
     (capped,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert capped["sinkhorn_online_estimated"] and "| 64 | 2 |" in (tmp_path / "b.md").read_text()

@@ -1,6 +1,6 @@
 """Global OT over large batches: memory per device and time per solve, exact and entropic.
 
-    python experiments/bench/large_batch.py [--sizes 4096 16384] [--dims 2 3072] [--out results/large_batch.json]
+    python experiments/bench/large_batch.py [--sizes 4096 16384] [--dims 2 3072] [--devices 8] [--out results/large_batch.json]
 
 For each batch size n and dimension d (x0 ~ N(0, I), x1 ~ N(3 e1, 0.25 I), as in couplings.py),
 on one device of this machine:
@@ -11,9 +11,11 @@ on one device of this machine:
 - `sinkhorn_online`: the same solve with ott-jax's online geometry, --chunk rows at a time.
 
 Memory is XLA's compiled figure for the call (arguments, outputs and temporaries), the memory
-a device needs for it: a global batch sharded over D devices is gathered for the coupling
-(`fm_jax.train.step.couple_global`), so each device holds this much. Time is one call after
-compiling. A solve expected to take longer than --budget seconds runs a capped number of
+a device needs for it. A global batch sharded over D devices is gathered on each for the
+auction and the online solve (`fm_jax.train.step.couple_global`), so each device holds this
+much; the dense solve keeps x0 split by rows (`Coupling.layout`), and `sinkhorn_rows_mb` is
+its memory per device over --devices devices (fake CPU devices here; compiled, not run).
+Time is one call after compiling. A solve expected to take longer than --budget seconds runs a capped number of
 Sinkhorn iterations instead, and its time per solve is that per-iteration time times the
 iterations the dense solve (the same iterates) needed, marked `estimated`.
 """
@@ -48,6 +50,25 @@ def timed_call(coupling, key, x0, x1) -> tuple[float, float, object]:
     return memory_mb(compiled), time.perf_counter() - began, out
 
 
+def use_devices(count: int) -> int:
+    """The devices the split dense solve is compiled for: `count` fake CPU devices where the
+    backend has not started yet (a script run), else those there are, at most `count`."""
+    try:
+        jax.config.update("jax_num_cpu_devices", count)  # only before the CPU backend starts
+    except RuntimeError:
+        pass
+    return min(count, jax.device_count())
+
+
+def rows_memory_mb(coupling, key, n: int, d: int, devices: int) -> float:
+    """Memory per device of `couple_global` for `coupling` on a batch of n split over `devices`."""
+    mesh = fm.train.sharding.make_mesh(devices)
+    split = fm.train.sharding.batch_sharding(mesh)
+    batch = {name: jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=split) for name in ("x0", "x1")}
+    program = jax.jit(lambda b: fm.train.step.couple_global(coupling, key, b, mesh))
+    return memory_mb(program.lower(batch).compile())
+
+
 def bench(n: int, d: int, args) -> dict:
     kx, ky, kc = jax.random.split(jax.random.key(n * 7919 + d), 3)
     x0 = jax.random.normal(kx, (n, d))
@@ -61,6 +82,8 @@ def bench(n: int, d: int, args) -> dict:
         dense = fm.couplings.SinkhornOT(epsilon=0.05)
         row["sinkhorn_dense_mb"], row["sinkhorn_dense_s"], (_, stats) = timed_call(dense, kc, x0, x1)
         iterations = row["sinkhorn_iterations"] = float(stats["sinkhorn_iterations"])
+        if args.devices > 1:
+            row["sinkhorn_rows_mb"] = rows_memory_mb(dense, kc, n, d, args.devices)
     online = fm.couplings.SinkhornOT(epsilon=0.05, online=args.chunk)
     # One pass of the online kernel is about two cost evaluations of n^2 d multiply-adds each.
     expected = (iterations or 100) * 2 * n * n * d * 2 / args.flops
@@ -75,13 +98,15 @@ def bench(n: int, d: int, args) -> dict:
     return row
 
 
-def markdown(rows: list[dict], machine: str, chunk: int) -> str:
+def markdown(rows: list[dict], machine: str, chunk: int, devices: int) -> str:
     lines = [
         f"Global OT on one device ({machine}); memory in MiB (XLA's figure for the call), time per solve in s; "
-        f"online chunk {chunk} rows; `python experiments/bench/large_batch.py`.",
+        f"online chunk {chunk} rows; the dense solve split by rows over {devices} devices: its MiB per device; "
+        "`python experiments/bench/large_batch.py`.",
         "",
-        "| n | d | points | auction: MiB, s | Sinkhorn dense: MiB, s (iterations) | Sinkhorn online: MiB, s |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| n | d | points | auction: MiB, s | Sinkhorn dense: MiB, s (iterations) | dense over {devices}: MiB/device "
+        "| Sinkhorn online: MiB, s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def pair(row, name):
@@ -92,8 +117,10 @@ def markdown(rows: list[dict], machine: str, chunk: int) -> str:
 
     for r in rows:
         dense = pair(r, "sinkhorn_dense") + (f" ({r['sinkhorn_iterations']:.0f})" if "sinkhorn_iterations" in r else "")
+        split = f"{r['sinkhorn_rows_mb']:,.0f}" if "sinkhorn_rows_mb" in r else "–"
         lines.append(
-            f"| {r['n']:,} | {r['d']} | {r['points_mb']:,.1f} | {pair(r, 'auction')} | {dense} | {pair(r, 'sinkhorn_online')} |"
+            f"| {r['n']:,} | {r['d']} | {r['points_mb']:,.1f} | {pair(r, 'auction')} | {dense} | {split} "
+            f"| {pair(r, 'sinkhorn_online')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -109,8 +136,12 @@ def main(argv=None):
         "--budget", type=float, default=300.0, help="seconds an online solve may take before estimating"
     )
     parser.add_argument("--flops", type=float, default=5e10, help="this machine's FLOP/s, for the budget's estimate")
+    parser.add_argument(
+        "--devices", type=int, default=8, help="devices the dense solve is split over for its memory per device"
+    )
     parser.add_argument("--out", default="results/large_batch.json")
     args = parser.parse_args(argv)
+    args.devices = use_devices(args.devices)
     machine = common.machine()
     sizes = [(d, n) for d in args.dims for n in args.sizes]
     common.announce(f"large-batch OT bench: {len(sizes)} size(s) (n x d) on one device; writing {args.out}")
@@ -119,7 +150,9 @@ def main(argv=None):
         rows.append(bench(n, d, args))
         common.row(str(rows[-1]))
     common.write_result(
-        {"machine": machine, "args": vars(args), "rows": rows}, args.out, markdown(rows, machine, args.chunk)
+        {"machine": machine, "args": vars(args), "rows": rows},
+        args.out,
+        markdown(rows, machine, args.chunk, args.devices),
     )
 
 

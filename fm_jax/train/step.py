@@ -10,8 +10,10 @@ any number of devices, and the losses agree up to floating-point reassociation.
 Minibatch couplings (Tong et al. 2024) pair x0 with x1 within a set of examples:
 
 - `coupling_scope="global"`: the whole global batch is coupled at once, as on one device.
-  An exact solve costs O(n^3) in the global batch n and runs where XLA places it (the cost
-  matrix is gathered); it is what a single-device run computes, at any device count.
+  An exact solve costs O(n^3) in the global batch n and runs on the gathered batch; a dense
+  Sinkhorn solve is split over the devices by the rows of its cost matrix, and a teacher's
+  map by examples (`Coupling.layout`). It is what a single-device run computes, at any
+  device count.
 - `coupling_scope="group"`: the global batch is cut into groups of `coupling_group`
   consecutive examples, each coupled alone inside `jax.shard_map` (each device couples the
   groups it holds; no communication). With the group equal to the per-device batch this is
@@ -131,13 +133,23 @@ def _pairs(batch: dict) -> dict:
 
 
 def couple_global(coupling: Coupling, key: jax.Array, batch: dict, mesh: Mesh, with_stats: bool = False):
-    """Couple the whole global batch at once: gathered on every device first, then split again.
-    `with_stats=True` returns (batch, the coupling's stats) (`Coupling.call_with_stats`).
+    """Couple the whole global batch at once, laid out as `coupling.layout` says, then split
+    over the devices again. `with_stats=True` returns (batch, the coupling's stats)
+    (`Coupling.call_with_stats`).
 
-    The explicit gather also keeps a host solver (`ExactOT(solver="network_simplex")`) off a
-    partially sharded operand, which XLA would otherwise gather inside the callback's schedule.
+    "gathered" puts the whole batch on every device first; the explicit gather also keeps a
+    host solver (`ExactOT(solver="network_simplex")`) off a partially sharded operand, which
+    XLA would otherwise gather inside the callback's schedule. "rows" gathers x1 and the
+    labels and keeps x0 split, so that the partitioner splits the cost matrix by rows (dense
+    Sinkhorn: n^2 / D cost entries and iterations per device). "examples" gathers nothing.
     """
-    pairs = jax.lax.with_sharding_constraint(_pairs(batch), replicated(mesh))
+    pairs = _pairs(batch)
+    if coupling.layout == "gathered":
+        pairs = jax.lax.with_sharding_constraint(pairs, replicated(mesh))
+    elif coupling.layout == "rows":
+        pairs = jax.lax.with_sharding_constraint(
+            pairs, {name: batch_sharding(mesh) if name == "x0" else replicated(mesh) for name in pairs}
+        )
     (x0, x1, labels), stats = coupling.call_with_stats(key, pairs["x0"], pairs["x1"], pairs.get("label"))
     coupled = {"x0": x0, "x1": x1} | ({} if labels is None else {"label": labels})
     batch = batch | jax.lax.with_sharding_constraint(coupled, batch_sharding(mesh))

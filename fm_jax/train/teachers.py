@@ -9,8 +9,8 @@ with `config.teacher.solver` (Liu et al. 2023).
 
 The coupling runs inside the train step, on the devices: each step maps its batch through the
 teacher, at the cost of one teacher forward pass per example for a flow, and of the teacher's
-NFE passes for reflow (Dopri5 at 1e-4 takes ~20-60 on 2D tasks). Use
-`config.coupling_scope="group"` on several devices, so that each device maps only its examples.
+NFE passes for reflow (Dopri5 at 1e-4 takes ~20-60 on 2D tasks). On several devices each
+maps only its own examples (the coupling's layout is "examples"), at either coupling scope.
 
 With `config.teacher.precompute = N` (densities only) the teacher maps N pairs once, before
 training (`precompute_pairs`: the teacher's cost for N examples, once, plus N pairs held on
