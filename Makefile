@@ -40,6 +40,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/sampling.py
 	$(BIN)/python experiments/bench/likelihood.py
 	$(BIN)/python experiments/bench/teacher_cost.py
+	$(BIN)/python experiments/bench/ot_overhead.py
+	$(BIN)/python experiments/bench/large_batch.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -392,3 +392,21 @@ def test_large_batch_bench_states_memory_and_time(tmp_path, monkeypatch):
     assert row["sinkhorn_online_iterations"] == row["sinkhorn_iterations"] and "sinkhorn_online_estimated" not in row
     (capped,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert capped["sinkhorn_online_estimated"] and "| 64 | 2 |" in (tmp_path / "b.md").read_text()
+
+
+def test_ot_overhead_bench_times_otcfm_beside_icfm_on_an_image_config(tmp_path, monkeypatch):
+    out = tmp_path / "ot_overhead.json"
+    module = bench("ot_overhead", monkeypatch)
+    module.main(
+        ["--target", "tfds:digits", "--preset", "tiny", "--batch", "16", "--calls", "2"]
+        + ["--data-dir", str(tmp_path / "tfds"), "--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert set(result["step_s"]) == {"icfm", "otcfm_auto", "otcfm_auction"}
+    assert all(s > 0 for s in result["step_s"].values())
+    # On this CPU "auto" is the host network simplex.
+    assert result["solvers"] == {"otcfm_auto": "network_simplex", "otcfm_auction": "auction"}
+    assert (
+        result["ratios"]["otcfm_auto_over_icfm"] > 0
+        and "| OT-CFM | auto → network_simplex |" in (tmp_path / "ot_overhead.md").read_text()
+    )
