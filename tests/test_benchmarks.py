@@ -205,6 +205,10 @@ def test_torchcfm_comparison_trains_and_samples_the_fm_jax_side(monkeypatch):
     ]
     (summary,) = module.summarize(rows)
     assert summary["seeds"] == 2 and summary["speedup"] == {"mean": 4.0, "std": 1.0}
+    args = module.argparse.Namespace(steps=20, seeds=2, num=64)
+    assert "| a | icfm | 100 ± 0 | 400 ± 100 | 4.0× ± 1.0 | 0.500 ± 0.000 | 0.400 ± 0.000 |" in module.markdown(
+        [summary], args
+    )
 
 
 def test_torchcfm_comparison_trains_both_sides_at_the_papers_settings(monkeypatch):
