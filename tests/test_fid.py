@@ -213,7 +213,7 @@ def test_pixel_frechet_distance():
 
 def torch_state_dict(rng) -> dict[str, np.ndarray]:
     """Random weights named and laid out as pytorch-fid's state dict (convolutions OIHW), plus ignored entries."""
-    _, flat = inception._abstract_inception(True, jax.lax.Precision.HIGHEST)
+    _, flat = inception._abstract_inception("tf1", True, jax.lax.Precision.HIGHEST)
     state = {}
     for path, var in flat:
         name = inception.torch_name(path)
@@ -239,7 +239,7 @@ def weights(tmp_path_factory):
 
 
 def test_inception_architecture():
-    _, flat = inception._abstract_inception(True, jax.lax.Precision.HIGHEST)
+    _, flat = inception._abstract_inception("tf1", True, jax.lax.Precision.HIGHEST)
     shapes = {inception.torch_name(p): v.shape for p, v in flat}
     # The FID InceptionV3: 94 conv + batch-norm layers, 17,216 normalized channels, 21,785,568 weights.
     assert sum(name.endswith("conv.weight") for name in shapes) == 94

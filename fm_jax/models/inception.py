@@ -24,16 +24,21 @@ the second InceptionE max-pools instead. The network has 94 convolutions, 17,216
 batch-normalized channels and 21,785,568 trainable weights (convolution kernels plus
 batch-norm scales and offsets); the ImageNet classifier (`fc`, 1008 classes) is not built.
 
-Input: float images, NHWC, with values in [-1, 1], fed to the first convolution as they are
-(the TF graph rescales its [0, 255] pixel input to about [-1, 1] inside; pytorch-fid maps
-[0, 1] inputs with 2x - 1; both networks see [-1, 1]). With `resize_input=True` (the
-default) images of any size are first resized to 299x299 by `resize_bilinear`: half-pixel
-centres, no antialiasing, the `torch.nn.functional.interpolate(mode="bilinear",
-align_corners=False)` of pytorch-fid (resizing is affine, so it commutes with the map to
-[-1, 1]). The original TF code resized with TF1's bilinear kernel, without half-pixel
-centres, so FIDs agree with pytorch-fid's rather than bit for bit with TF's; resizing
-conventions move FID measurably (Parmar, Zhang & Zhu 2022). With `resize_input=False` the
-network takes any size of at least 75x75.
+Input: float images, NHWC, with values in [-1, 1] (pixel u in [0, 255] at x = u / 127.5 - 1).
+The input stage reproduces the reference pipeline of the published FIDs (StyleGAN2-ADA,
+StyleGAN3, EDM; their `inception-2015-12-05` model, whose graph `fm_jax.fid_weights` reads):
+
+1. `quantize=True` (the default): the images become 8-bit pixels as those pipelines save
+   them, u = clip(floor(127.5 x + 128), 0, 255) (a data image comes back to its own pixels);
+2. `resize="tf1"` (the default): to 299x299 by `resize_tf1`, TF1's `resize_bilinear`
+   without half-pixel centres (output pixel i samples the input at i * in/out, clamped to
+   the last pixel; the reference emulates it with `affine_grid` + `grid_sample(border)`);
+   `resize="pytorch_fid"` takes pytorch-fid's `F.interpolate(bilinear, align_corners=False)`
+   instead (`resize_bilinear`), and `resize=None` none (any size of at least 75x75);
+3. the network sees (u - 128) / 128, the TF graph's own input scaling.
+
+Resizing conventions move FID measurably (Parmar, Zhang & Zhu 2022): from 32x32 the two
+resizes differ by ~15 % in the features, so FIDs compare only at the same setting.
 
 Weights. The library never downloads anything. `load_fid_inception(path)` reads an `.npz`
 whose keys are the PyTorch state-dict names of pytorch-fid's FID Inception, e.g.
@@ -59,6 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fm_jax.registry import Registry
+
 __all__ = [
     "FEATURE_DIM",
     "INPUT_SIZE",
@@ -70,8 +77,10 @@ __all__ = [
     "InceptionD",
     "InceptionE",
     "InceptionV3",
+    "RESIZES",
     "load_fid_inception",
     "resize_bilinear",
+    "resize_tf1",
     "torch_name",
 ]
 
@@ -300,6 +309,8 @@ class InceptionE(nnx.Module):
 class InceptionV3(nnx.Module):
     """The FID InceptionV3: `model(images) -> (batch, 2048)` pool features, images NHWC in [-1, 1].
 
+    `resize` ("tf1", "pytorch_fid" or None) and `quantize` set the input stage (the module
+    docstring): by default the reference pipeline's 8-bit pixels and TF1-style resize.
     Random weights by default (He-normal kernels, identity batch norms: activations keep their
     scale, for tests); `load_fid_inception(path)` builds it with the FID weights. `precision`
     is that of every convolution: HIGHEST keeps float32 convolutions in float32 on
@@ -309,12 +320,14 @@ class InceptionV3(nnx.Module):
     def __init__(
         self,
         *,
-        resize_input: bool = True,
+        resize: str | None = "tf1",
+        quantize: bool = True,
         precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
         kernel_init: nnx.Initializer = HE_NORMAL,
         rngs: nnx.Rngs,
     ):
-        self.resize_input = resize_input
+        self.resize = None if resize is None else RESIZES[resize]
+        self.quantize = quantize
         kw = dict(precision=precision, kernel_init=kernel_init, rngs=rngs)
         self.Conv2d_1a_3x3 = ConvBNReLU(3, 32, 3, stride=2, **kw)
         self.Conv2d_2a_3x3 = ConvBNReLU(32, 32, 3, **kw)
@@ -341,9 +354,12 @@ class InceptionV3(nnx.Module):
             )
         if not jnp.issubdtype(images.dtype, jnp.floating):
             raise ValueError(f"InceptionV3 takes float images in [-1, 1], got dtype {images.dtype}.")
-        x = images.astype(jnp.float32)
-        if self.resize_input and x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
-            x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
+        u = 127.5 * images.astype(jnp.float32) + 127.5  # pixels in [0, 255]
+        if self.quantize:
+            u = jnp.clip(jnp.floor(u + 0.5), 0.0, 255.0)
+        if self.resize is not None and u.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+            u = self.resize(u, (INPUT_SIZE, INPUT_SIZE))
+        x = (u - 128.0) / 128.0
         if min(x.shape[1:3]) < MIN_INPUT_SIZE:
             raise ValueError(
                 f"InceptionV3 needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {x.shape[1:3]}."
@@ -370,6 +386,34 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], *size, images.shape[-1]), method="bilinear", antialias=False)
 
 
+def resize_tf1(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of NHWC images to `size` as TF1's `resize_bilinear` (align_corners=False,
+    no half-pixel centres), the resize of the reference FID pipeline.
+
+    Output pixel i samples the input at i * in/out, clamped to the last pixel, and interpolates
+    linearly between its two neighbours. The sample positions and weights are computed in
+    float64 on the host (they depend on the shapes only); each axis is one small matrix product.
+    """
+
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        src = np.minimum(np.arange(n_out) * (n_in / n_out), n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        matrix = np.zeros((n_out, n_in))
+        np.add.at(matrix, (np.arange(n_out), lo), 1.0 - (src - lo))
+        np.add.at(matrix, (np.arange(n_out), hi), src - lo)
+        return matrix.astype(np.float32)
+
+    rows, cols = weights(images.shape[1], size[0]), weights(images.shape[2], size[1])
+    precision = jax.lax.Precision.HIGHEST
+    out = jnp.einsum("ih,bhwc->biwc", rows, images, precision=precision)
+    return jnp.einsum("jw,biwc->bijc", cols, out, precision=precision)
+
+
+# The resizes of `InceptionV3(resize=...)`.
+RESIZES: Registry = Registry("resize", {"tf1": resize_tf1, "pytorch_fid": resize_bilinear})
+
+
 def torch_name(path: tuple) -> str:
     """The pytorch-fid state-dict key of an nnx variable path, e.g. ('Mixed_5b', 'branch1x1', 'conv', 'kernel')."""
     *module, layer, variable = (str(p) for p in path)
@@ -390,10 +434,12 @@ def _first(names: list[str], k: int = 5) -> str:
 def load_fid_inception(
     path: str | Path,
     *,
-    resize_input: bool = True,
+    resize: str | None = "tf1",
+    quantize: bool = True,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
 ) -> InceptionV3:
-    """The FID InceptionV3 with the weights of an `.npz` holding pytorch-fid's state dict (see the module docstring).
+    """The FID InceptionV3 with the weights of an `.npz` holding pytorch-fid's state dict (see the module
+    docstring), with the input stage `resize` and `quantize` (`InceptionV3`).
 
     Raises ValueError when the file is missing or not an .npz, when names are missing or
     unexpected (the first few of each are listed), or when an array has the wrong shape.
@@ -409,7 +455,7 @@ def load_fid_inception(
             arrays = {k: np.asarray(loaded[k]) for k in loaded.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not an .npz archive of arrays ({e}). {_CONVERSION_HINT}") from e
-    graphdef, flat = _abstract_inception(resize_input, precision)
+    graphdef, flat = _abstract_inception(resize, quantize, precision)
     expected = {torch_name(p): (p, v) for p, v in flat}
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(k for k in set(arrays) - set(expected) if not _ignored(k))
@@ -440,10 +486,12 @@ def _shape_only(key, shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
 
 
 @functools.lru_cache(maxsize=4)
-def _abstract_inception(resize_input: bool, precision) -> tuple[nnx.GraphDef, tuple]:
+def _abstract_inception(resize: str | None, quantize: bool, precision) -> tuple[nnx.GraphDef, tuple]:
     """Graph definition and (path, abstract variable) pairs of InceptionV3, built without initializing weights."""
     # Convolution kernels as shapes only: no random initialization. (nnx.eval_shape would do
     # the same, but traced RNG-counter updates make it take seconds for 94 layers.)
-    skeleton = InceptionV3(resize_input=resize_input, precision=precision, kernel_init=_shape_only, rngs=nnx.Rngs(0))
+    skeleton = InceptionV3(
+        resize=resize, quantize=quantize, precision=precision, kernel_init=_shape_only, rngs=nnx.Rngs(0)
+    )
     graphdef, state = nnx.split(skeleton)
     return graphdef, tuple(nnx.to_flat_state(state))
