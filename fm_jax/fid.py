@@ -371,15 +371,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not an .npz archive of arrays ({e}).") from e
 
 
-def inception_extractor(weights_path: str | Path) -> nnx.Module:
+def inception_extractor(weights_path: str | Path, *, resize: str | None = "tf1", quantize: bool = True) -> nnx.Module:
     """The FID InceptionV3 with weights from `weights_path`: images (b, H, W, 3) in [-1, 1] -> (b, 2048).
 
     Images of any size are quantized to 8 bits and resized to 299x299 inside as the reference
-    pipeline of StyleGAN2-ADA and EDM does (`fm_jax.models.inception`: TF1-style bilinear).
-    The weights file is the pytorch-fid state dict as .npz, written once by
-    `fm-jax fid-weights --out PATH`.
+    pipeline of StyleGAN2-ADA and EDM does (`fm_jax.models.inception`: TF1-style bilinear;
+    `resize` and `quantize` change that). The weights file is the pytorch-fid state dict as
+    .npz, written once by `fm-jax fid-weights --out PATH`.
     Raises ValueError for a missing file or mismatched names.
     """
     from fm_jax.models.inception import load_fid_inception
 
-    return load_fid_inception(weights_path)
+    return load_fid_inception(weights_path, resize=resize, quantize=quantize)

@@ -20,6 +20,8 @@ jax.config.update(
     ),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# The FID weights and reference statistics (fm_jax.train.inception_fid) of the tests stay out of ~/.cache.
+os.environ.setdefault("FM_JAX_CACHE", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_fid_{os.getuid()}"))
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import fm_jax as fm  # noqa: E402 (after the cache settings, which must precede any compile)

@@ -160,7 +160,8 @@ def test_cli_samples_an_image_run_with_the_sde(conditional_run):
 
 
 def test_cli_eval_and_nll_of_an_image_run(conditional_run):
-    result = cli.main(["eval", "--workdir", str(conditional_run), "--solvers", "euler:4", "--num", "64"])
+    # The Inception FID of image runs is tested on a small dataset (tests/test_inception_fid.py).
+    result = cli.main(["eval", "--workdir", str(conditional_run), "--solvers", "euler:4", "--num", "64", "--no-fid"])
     assert result == 0
     report = json.loads((conditional_run / "eval.json").read_text())
     row = report["solvers"]["euler:4"]
@@ -232,7 +233,7 @@ def test_flow_and_fast_ode_train_on_images_and_evaluate(data_dir, tmp_path, monk
         assert set(run.params) == {"field", "encoder"}
         assert float(np.abs(np.asarray(run.params["encoder"]["net"]["conv_out"]["kernel"][...])).max()) > 0
         return
-    cli.main(["eval", "--workdir", str(workdir), "--solvers", "euler:2", "--num", "16"])
+    cli.main(["eval", "--workdir", str(workdir), "--solvers", "euler:2", "--num", "16", "--no-fid"])
     row = json.loads((workdir / "eval.json").read_text())["solvers"]["euler:2"]
     assert row["nfe"] == nfe and row["fd_pixel"] > 0
     cli.main(["nll", "--workdir", str(workdir), "--num", "8", "--solver", "euler:2", "--divergence", "hutchinson"])

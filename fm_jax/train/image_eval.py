@@ -3,8 +3,9 @@
 - `sample_images`: images from N(0, I) through the flow, in fixed-size batches (one compile),
   with the NFE, path energy and curvature of each solve; class-conditional runs take labels
   and a classifier-free guidance scale.
-- `evaluate_images`: per solver, the Fréchet distance in pixel space (`fid.pixel_frechet_distance`)
-  and the exact W2 between generated and held-out images (pixels in [-1, 1]), NFE, normalized
+- `evaluate_images`: per solver, the Inception FID against the training split's cached
+  statistics (`fm_jax.train.inception_fid`, when given one), the Fréchet distance in pixel
+  space (`fid.pixel_frechet_distance`) and the exact W2 between generated and held-out images (pixels in [-1, 1]), NFE, normalized
   path energy |PE - W2²(N(0, I), data)| / W2²(N(0, I), data) (Tong et al. 2024) and curvature
   (Lee et al. 2023). Conditional runs generate with the held-out images' labels.
 - `image_nll`: dequantized bits/dim of the held-out images (`likelihood.dequantized_bits_per_dim`,
@@ -33,6 +34,7 @@ from fm_jax.primitives import padded_chunks
 from fm_jax.progress import announce, bar
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.held_out import NOISE, held_out_key
+from fm_jax.train.inception_fid import InceptionFID
 from fm_jax.train.state import model_method
 from fm_jax.train.workdir import Run
 
@@ -195,11 +197,14 @@ def evaluate_images(
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = False,
+    inception: InceptionFID | None = None,
 ) -> dict:
-    """Per solver: pixel Fréchet distance, W2, NFE, normalized path energy and curvature; JSON-ready, keyed by `str(spec)`.
+    """Per solver: pixel Fréchet distance, W2, NFE, normalized path energy and curvature, and
+    with `inception` the Inception FID against the training split (`fid`); JSON-ready, keyed
+    by `str(spec)`.
 
-    `progress`: a line, and a bar over the reference W2, each solver's batches of images, its
-    Fréchet distance and its W2, on stderr.
+    `progress`: a line, and a bar over the reference W2 (and FID statistics), each solver's
+    batches of images, its Fréchet distance(s) and its W2, on stderr.
     """
     _check_guidance(run, guidance)
     real, labels = held_out_images(run, num)
@@ -209,12 +214,20 @@ def evaluate_images(
     names = ", ".join(map(str, specs))
     announce(
         f"evaluating {len(specs)} solver(s) ({names}) of {_what(run)} on {num} held-out images: "
-        "pixel Fréchet distance, W2 (exact OT), path energy, curvature, NFE",
+        + ("Inception FID (against the training split), " if inception else "")
+        + "pixel Fréchet distance, W2 (exact OT), path energy, curvature, NFE",
         progress,
     )
     size = min(batch_size, num)
-    total = 1 + len(specs) * (2 + (-(-num // size)))
+    total = 1 + len(specs) * (2 + (-(-num // size))) + (1 + len(specs) if inception else 0)
+    reference = None
     with bar(total, "eval: reference W2(noise, data)", progress, unit="step") as stages:
+        if inception is not None:
+            stages.set_description("eval: FID reference statistics")
+            d = run.spec.data.image
+            train_images = images.load_split(d.name, d.dir, d.split)[0]
+            reference = inception.reference(d.name, d.split, train_images, progress=progress)
+            stages.update()
         # The held-out images as training saw their kind: in [-1, 1], dequantized if training was.
         real = np.asarray(
             images.preprocess(
@@ -233,8 +246,13 @@ def evaluate_images(
             stages.set_description(f"eval {spec}: Fréchet distance")
             fd = float(fid.pixel_frechet_distance(x, real))
             stages.update()
+            row = {}
+            if inception is not None:
+                stages.set_description(f"eval {spec}: Inception FID")
+                row["fid"] = inception(x, reference)
+                stages.update()
             stages.set_description(f"eval {spec}: W2 (exact OT)")
-            rows[str(spec)] = {
+            rows[str(spec)] = row | {
                 "fd_pixel": fd,
                 "w2": metrics.w2(x, real),
                 "nfe": out["nfe"],
