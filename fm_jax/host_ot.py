@@ -3,7 +3,8 @@
 `ExactOT(solver="network_simplex")` solves through `network_simplex(cost)`, a
 `jax.pure_callback` that receives every set of a vmapped call at once (the steps of a training
 call times its coupling groups) and solves them in a thread pool. POT's `emd` runs the network
-simplex in C++ with the GIL released, so the threads solve on as many cores as there are;
+simplex in C++ with the GIL released, so the threads solve on as many cores as there are (two
+threads on two idle cores: 1.6-2.1x the sets per second of one, results/README.md#couplings-how-long-a-minibatch-pairing-takes);
 each set's solve is the same deterministic computation however many threads run, so the pairs
 are bitwise those of one thread.
 
