@@ -42,6 +42,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/teacher_cost.py
 	$(BIN)/python experiments/bench/ot_overhead.py
 	$(BIN)/python experiments/bench/large_batch.py
+	$(BIN)/python experiments/bench/inception.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

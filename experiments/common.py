@@ -159,6 +159,26 @@ def train_rate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
     return json.loads((pathlib.Path(workdir) / "summary.json").read_text())["steps_per_s"]
 
 
+CELL = "cell.json"  # a finished model's measurements, in its workdir
+
+
+def kept_cell(
+    workdir: pathlib.Path, train_run: Callable[[], float], measure: Callable[[], dict], cell_file: str = CELL
+) -> tuple[dict, bool]:
+    """A table cell kept in `workdir` across crashes and kills: (the cell, whether it was measured
+    before). A cell measured before is read back; a finished run (`summary.json`) is measured
+    again; an interrupted one resumes from its last checkpoint (`train_run()`, which returns its
+    steps/s). The measurements and the steps/s are written to `workdir/cell_file`."""
+    done = workdir / cell_file
+    if done.is_file():
+        return json.loads(done.read_text()), True
+    summary = workdir / "summary.json"  # written when a run finishes
+    rate = json.loads(summary.read_text())["steps_per_s"] if summary.is_file() else train_run()
+    cell = measure() | {"steps_per_s": rate}
+    done.write_text(json.dumps(cell))
+    return cell, False
+
+
 def mean_std(cells: Sequence[Mapping[str, float]], keys: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """{key: {"mean": ..., "std": ...}} over `cells` (one per seed, say) for each of `keys` (by
     default the first cell's); the standard deviation is the population one (numpy's default)."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import pathlib
 import sys
@@ -54,6 +55,7 @@ from fm_jax.plots import plot_flow, save_grid
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.evaluate import evaluate, evaluate_flow, reference_w2_sq
 from fm_jax.train.image_eval import evaluate_images, image_nll
+from fm_jax.train.inception_fid import InceptionFID, default_weights
 from fm_jax.train.nll import held_out_nll
 from fm_jax.train.state import model_method
 from fm_jax.train.workdir import load_run
@@ -67,17 +69,20 @@ SOLVERS = ("dopri5",) + tuple(f"euler:{n}" for n in NFES)
 DENSITY_TOL = 1e-4  # Dopri5's rtol = atol on the 2D tasks; the image tasks use the default (solvers.DEFAULT_TOL)
 CELL = "distill_cell.json"  # a finished model's measurements, in its workdir under --keep
 COLUMNS = [f"w2_euler:{n}" for n in NFES] + ["w2_dopri5", "nfe", "curvature", "npe", "kl"]
-# Images: the pixel Frechet distance at every NFE (the quality the claims are judged by), W2 at
-# one step and with Dopri5, and bits/dim in the "kl" column.
-IMAGE_COLUMNS = [f"fd_euler:{n}" for n in NFES] + [
-    "fd_dopri5",
-    "w2_euler:1",
-    "w2_dopri5",
-    "nfe",
-    "curvature",
-    "npe",
-    "kl",
-]
+# Images: the pixel Frechet distance at every NFE (the quality the claims are judged by), the
+# Inception FID at `--fid-solvers`, W2 at one step and with Dopri5, and bits/dim in "kl".
+FID_SOLVERS = ("euler:1", "euler:2", "dopri5")
+
+
+def image_columns(args) -> tuple[list[str], list[str]]:
+    """The image tables' keys and headings (a table written before FID was measured has none)."""
+    fid_solvers = getattr(args, "fid_solvers", [])
+    head = lambda spec: "Dopri5" if spec == "dopri5" else f"NFE {spec.split(':')[1]}"
+    keys = [f"fd_euler:{n}" for n in NFES] + ["fd_dopri5"] + [f"fid_{s}" for s in fid_solvers]
+    keys += ["w2_euler:1", "w2_dopri5", "nfe", "curvature", "npe", "kl"]
+    heads = [f"FD NFE {n}" for n in NFES] + ["FD Dopri5"] + [f"FID {head(s)}" for s in fid_solvers]
+    heads += ["W2 NFE 1", "W2 Dopri5", "NFE", "curvature", "NPE", "bits/dim"]
+    return keys, heads
 
 
 def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **extra) -> float:
@@ -115,12 +120,25 @@ def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **
 
 
 def measure_images(run, seed: int, args) -> dict:
-    report = evaluate_images(run, [SolverSpec.parse(s) for s in SOLVERS], args.num, seed=seed)["solvers"]
+    """FD and W2 at every solver, the Inception FID at `--fid-solvers` (a flow, which samples in
+    one shot, at the first only: its FID stands for every solver), bits/dim and Dopri5's path."""
+    fid_solvers = args.fid_solvers[:1] if run.spec.method.model == "flow" else args.fid_solvers
+    rest = [s for s in SOLVERS if s not in fid_solvers]
+    report = {}
+    # The same seed gives the same samples of each solver in either call.
+    for names, inception in ((fid_solvers, _inception() if fid_solvers else None), (rest, None)):
+        if names:
+            specs = [SolverSpec.parse(s) for s in names]
+            report |= evaluate_images(run, specs, args.num, seed=seed, inception=inception)["solvers"]
     nll = image_nll(run, args.num, divergence="hutchinson", seed=seed)
     dopri = report["dopri5"]
+    fids = {f"fid_{spec}": row["fid"] for spec, row in report.items() if "fid" in row}
+    if run.spec.method.model == "flow" and fids:
+        fids = {f"fid_{spec}": next(iter(fids.values())) for spec in args.fid_solvers}
     return (
         {f"w2_{spec}": row["w2"] for spec, row in report.items()}
         | {f"fd_{spec}": row["fd_pixel"] for spec, row in report.items()}
+        | fids
         | {
             "nfe": dopri["nfe"],
             "curvature": dopri["curvature"],
@@ -128,6 +146,12 @@ def measure_images(run, seed: int, args) -> dict:
             "kl": nll["bits_per_dim"],
         }
     )
+
+
+@functools.cache
+def _inception() -> InceptionFID:
+    """The one Inception of the table (the cached standard weights, converted on first use)."""
+    return InceptionFID(default_weights(progress=True))
 
 
 def measure(workdir: pathlib.Path, seed: int, w2_sq: float, args) -> dict:
@@ -208,21 +232,16 @@ def run_task_seed(task: str, seed: int, args, done=None) -> dict:
         advance = done or (lambda: None)
 
         def do(name, method, **extra):
-            done = root / name / CELL
-            if done.is_file():  # measured by an earlier, interrupted run of the table
-                cells[name] = json.loads(done.read_text())
-                common.row(f"{task} seed {seed} {name} measured before: {done}")
+            cells[name], before = common.kept_cell(
+                root / name,
+                lambda: train_run(root / name, method, task, seed, args, **extra),
+                lambda: measure(root / name, seed, w2_sq, args),
+                CELL,
+            )
+            if before:  # measured by an earlier, interrupted run of the table
+                common.row(f"{task} seed {seed} {name} measured before: {root / name / CELL}")
                 advance()
                 return
-            summary = root / name / "summary.json"  # written when a run finishes
-            # A finished run is measured again; an interrupted one resumes from its checkpoint.
-            rate = (
-                json.loads(summary.read_text())["steps_per_s"]
-                if summary.is_file()
-                else train_run(root / name, method, task, seed, args, **extra)
-            )
-            cells[name] = measure(root / name, seed, w2_sq, args) | {"steps_per_s": rate}
-            done.write_text(json.dumps(cells[name]))
             common.row(f"{task} seed {seed} {name} { ({k: round(v, 4) for k, v in cells[name].items()}) }")
             if args.plots:
                 folder = pathlib.Path(args.plots)
@@ -254,8 +273,9 @@ def title(task: str) -> str:
     return task if data.is_image_spec(task) else task.replace(":", " → ")
 
 
-def claims(table: dict) -> list[str]:
-    """The issue's claims, each stated as holding or not on every task."""
+def claims(table: dict, image_quality: str = "fd") -> list[str]:
+    """The issue's claims, each stated as holding or not on every task, judged by W2 on
+    densities and on images by `image_quality` ("fd": the pixel Frechet distance, or "fid")."""
 
     def holds(test) -> str:
         verdicts = {task: test(rows) for task, rows in table.items()}
@@ -265,11 +285,15 @@ def claims(table: dict) -> list[str]:
             else "does not hold on " + ", ".join(t for t, ok in verdicts.items() if not ok)
         )
 
-    # The quality column: W2 on densities, the pixel Frechet distance on images.
-    mean = lambda rows, name, col: rows[name][col.replace("w2_", "fd_") if "fd_dopri5" in rows[name] else col]["mean"]
+    # The quality column: W2 on densities, FD or FID on images.
+    on_image = lambda rows, name: "fd_dopri5" in rows[name]
+    mean = lambda rows, name, col: rows[name][col.replace("w2_", f"{image_quality}_") if on_image(rows, name) else col][
+        "mean"
+    ]
     learned = lambda rows: [n for n in rows if n == "fastode" or n == "reflow" or n.startswith("nfm")]
     images = [data.is_image_spec(task) for task in table]
-    q = "FD" if all(images) else "W2, FD on images," if any(images) else "W2"
+    Q = image_quality.upper()
+    q = Q if all(images) else f"W2, {Q} on images," if any(images) else "W2"
 
     def few_nfe_wins(rows, baseline):  # every learned coupling below `baseline` at Euler NFE 1 and 2
         return all(
@@ -299,7 +323,7 @@ def claims(table: dict) -> list[str]:
         out.append(
             f"- Effect of eta on {title(task)}: "
             + "; ".join(
-                f"{n}: {'FD' if 'fd_dopri5' in rows[n] else 'W2'} Euler-1 {mean(rows, n, 'w2_euler:1'):.3f}, "
+                f"{n}: {Q if on_image(rows, n) else 'W2'} Euler-1 {mean(rows, n, 'w2_euler:1'):.3f}, "
                 f"Dopri5 {mean(rows, n, 'w2_dopri5'):.3f}, "
                 f"curvature {mean(rows, n, 'curvature'):.3f}"
                 for n in etas
@@ -310,20 +334,16 @@ def claims(table: dict) -> list[str]:
 
 def markdown(table: dict, machine: str, args) -> str:
     heads = [f"W2 NFE {n}" for n in NFES] + ["W2 Dopri5", "NFE", "curvature", "NPE", "KL (nats)", "steps/s"]
-    image_heads = [f"FD NFE {n}" for n in NFES] + [
-        "FD Dopri5",
-        "W2 NFE 1",
-        "W2 Dopri5",
-        "NFE",
-        "curvature",
-        "NPE",
-        "bits/dim",
-        "steps/s",
-    ]
+    image_keys, image_heads = image_columns(args)
     on_images = any(data.is_image_spec(task) for task in table)
     measured = (
         f"pixel Fréchet distance (FD) and W2 against {args.num} held-out images, held-out bits/dim (Hutchinson), `{args.preset}` U-Net, TarFlow "
         f"teacher of {args.flow_layers} blocks, reflow teacher in {args.reflow_steps} Euler steps"
+        + (
+            f", Inception FID of the {args.num} samples against the training split"
+            if getattr(args, "fid_solvers", [])
+            else ""
+        )
         if on_images
         else f"W2 on {args.num} samples, KL on {args.num_nll} held-out points"
     )
@@ -332,6 +352,7 @@ def markdown(table: dict, machine: str, args) -> str:
         f"{args.batch} --seeds {args.seeds} --num {args.num} --etas {' '.join(f'{e:g}' for e in args.etas)}"
         + (
             f" --preset {args.preset} --flow-layers {args.flow_layers} --reflow-steps {args.reflow_steps}"
+            + (f" --fid-solvers {' '.join(args.fid_solvers)}" if hasattr(args, "fid_solvers") else "")
             if on_images
             else ""
         )
@@ -342,24 +363,22 @@ def markdown(table: dict, machine: str, args) -> str:
         "",
     ]
     for task, rows in table.items():
-        shown = image_heads if data.is_image_spec(task) else heads
+        shown = image_heads + ["steps/s"] if data.is_image_spec(task) else heads
         lines += [
             f"**{title(task)}**",
             "",
             "| method | " + " | ".join(shown) + " |",
             "| --- |" + " ---: |" * len(shown),
         ]
-        columns = IMAGE_COLUMNS if data.is_image_spec(task) else COLUMNS
+        columns = image_keys if data.is_image_spec(task) else COLUMNS
         for name, stats in rows.items():
             cells = [f"{stats[c]['mean']:.3g} ± {stats[c]['std']:.2g}" for c in columns + ["steps_per_s"]]
             lines.append(f"| {name} | " + " | ".join(cells).replace("nan ± nan", "–") + " |")
         lines.append("")
-    return (
-        "\n".join(
-            lines + ["Claims (Lee et al. 2023; Berthelot et al. 2026), checked on the means above:", ""] + claims(table)
-        )
-        + "\n"
-    )
+    lines += ["Claims (Lee et al. 2023; Berthelot et al. 2026), checked on the means above:", ""] + claims(table)
+    if on_images and set(FID_SOLVERS) <= set(getattr(args, "fid_solvers", [])):
+        lines += ["", "The same claims judged by the Inception FID:", ""] + claims(table, "fid")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -375,6 +394,13 @@ def main(argv=None):
     parser.add_argument("--reflow-steps", type=int, default=8, help="Euler steps of reflow's teacher on images")
     parser.add_argument("--data-dir", default="", help="TFDS data directory of image tasks")
     parser.add_argument("--num", type=int, default=5000, help="samples for W2")
+    parser.add_argument(
+        "--fid-solvers",
+        nargs="*",
+        default=list(FID_SOLVERS),
+        choices=SOLVERS,
+        help="image tasks: the solvers whose samples get an Inception FID (none: no FID)",
+    )
     parser.add_argument("--num-nll", type=int, default=2000, help="held-out points for the KL")
     parser.add_argument("--out", default="results/distill.json")
     parser.add_argument("--plots", default="", help="a folder for each model's trajectory plot (PNG)")

@@ -1,21 +1,28 @@
 """Flow matching on small images at CPU scale: digits (8x8) and MNIST-5k (28x28).
 
-    python experiments/images_table.py [--datasets digits mnist5k] [--steps 2000] [--out results/images.json]
+    python experiments/images_table.py [--datasets digits mnist5k] [--steps 2000] [--out results/images.json] \
+        [--fid-solvers dopri5 euler:10 euler:2] [--keep DIR]
 
 Methods I-CFM, OT-CFM, FM with the conditional-OT path and FM with the VP diffusion path
 (Lipman et al. 2023), each trained `--steps` steps at batch `--batch` with the images config
 (a U-Net preset, Adam, EMA) on the train split. Reported on the held-out test split: dequantized
 bits/dim (`--divergence`, Dopri5 1e-5), the pixel-space Fréchet distance and W2 of `--num`
 samples with Dopri5 (rtol = atol = 1e-5) and with Euler at 10 and 2 steps, Dopri5's NFE, the
-normalized path energy and curvature, and training steps/s. The claim checked (Lipman et al.
-2023, Table 1): the OT path gives better likelihood and fewer NFE than the diffusion path.
-Writes the JSON and a markdown table beside it (`.md`); with `--grids DIR`, a PNG grid of 64
-samples per cell (`DIR/DATASET_METHOD.png`, Dopri5 at 1e-5).
+normalized path energy and curvature, and training steps/s; the Inception FID of the samples
+of `--fid-solvers` (default: every solver) against the training split (`fm_jax.train.inception_fid`:
+the standard weights and the split's statistics, made once and cached). The claim checked
+(Lipman et al. 2023, Table 1): the OT path gives better likelihood and fewer NFE than the
+diffusion path. Writes the JSON and a markdown table beside it (`.md`); with `--grids DIR`, a
+PNG grid of 64 samples per cell (`DIR/DATASET_METHOD.png`, Dopri5 at 1e-5). `--keep DIR` keeps
+every run there, checkpointed every quarter of its steps: the same command run again after a
+crash or a kill reuses the measured cells and resumes the interrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import pathlib
 import sys
@@ -25,6 +32,7 @@ from fm_jax.data import images
 from fm_jax.plots import save_grid
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.image_eval import evaluate_images, image_nll, sample_images
+from fm_jax.train.inception_fid import InceptionFID, default_weights
 from fm_jax.train.workdir import load_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
@@ -34,7 +42,28 @@ METHODS = ("icfm", "otcfm", "fm", "fm_vp")
 SOLVERS = ("dopri5", "euler:10", "euler:2")
 
 
+@functools.cache
+def _inception() -> InceptionFID:
+    """The one Inception of the table (the cached standard weights, converted on first use)."""
+    return InceptionFID(default_weights(progress=True))
+
+
 def run_cell(dataset: str, method: str, args) -> dict:
+    """Train one cell and measure it; with `--keep`, reuse or resume what an earlier run left."""
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            workdir = pathlib.Path(args.keep) / f"{dataset}_{method}"
+        else:
+            workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        cell, before = common.kept_cell(
+            workdir, lambda: train_cell(dataset, method, args, workdir), lambda: measure(workdir, dataset, method, args)
+        )
+        if before:
+            common.row(f"{dataset} {method} measured before: {workdir / common.CELL}")
+        return cell
+
+
+def train_cell(dataset: str, method: str, args, workdir: pathlib.Path) -> float:
     config = common.config_with(
         {
             "method": method,
@@ -43,54 +72,73 @@ def run_cell(dataset: str, method: str, args) -> dict:
             "batch_size": args.batch,
             "steps_per_call": 1,
             "log_every": args.steps,
-            "checkpoint_every": args.steps,
+            # Kept runs resume from their last checkpoint, a quarter of the steps at most behind.
+            "checkpoint_every": max(args.steps // 4, 1) if args.keep else args.steps,
             "model.preset": args.preset,
             "data.dir": args.data_dir,
         },
         "images",
     )
-    with tempfile.TemporaryDirectory() as workdir:
-        rate = common.train_rate(config, workdir)
-        run = load_run(workdir)
-        specs = [SolverSpec.parse(s) for s in args.solvers]
-        report = evaluate_images(run, specs, args.num)
-        nll = image_nll(run, args.num, divergence=args.divergence, solver=specs[0])
-        if args.grids:
-            pathlib.Path(args.grids).mkdir(parents=True, exist_ok=True)
-            x = sample_images(run, 64, specs[0])["x1"]
-            save_grid(pathlib.Path(args.grids) / f"{dataset}_{method}.png", images.to_unit(x), 8)
-    cell = {f"fd_{spec}": row["fd_pixel"] for spec, row in report["solvers"].items()}
-    cell |= {f"w2_{spec}": row["w2"] for spec, row in report["solvers"].items()}
-    dopri = report["solvers"][args.solvers[0]]
+    return common.train_rate(config, workdir)
+
+
+def measure(workdir: pathlib.Path, dataset: str, method: str, args) -> dict:
+    run = load_run(workdir)
+    report = {}
+    # The FID solvers first, with the Inception; the same seed gives the same samples either way.
+    fid_solvers = [s for s in args.solvers if s in args.fid_solvers]
+    rest = [s for s in args.solvers if s not in fid_solvers]
+    for names, inception in ((fid_solvers, _inception() if fid_solvers else None), (rest, None)):
+        if names:
+            report |= evaluate_images(run, [SolverSpec.parse(s) for s in names], args.num, inception=inception)[
+                "solvers"
+            ]
+    first = SolverSpec.parse(args.solvers[0])
+    nll = image_nll(run, args.num, divergence=args.divergence, solver=first)
+    if args.grids:
+        pathlib.Path(args.grids).mkdir(parents=True, exist_ok=True)
+        x = sample_images(run, 64, first)["x1"]
+        save_grid(pathlib.Path(args.grids) / f"{dataset}_{method}.png", images.to_unit(x), 8)
+    cell = {f"fd_{spec}": row["fd_pixel"] for spec, row in report.items()}
+    cell |= {f"w2_{spec}": row["w2"] for spec, row in report.items()}
+    cell |= {f"fid_{spec}": row["fid"] for spec, row in report.items() if "fid" in row}
+    dopri = report[args.solvers[0]]
     cell |= {
         "nfe": dopri["nfe"],
         "npe": dopri["normalized_path_energy"],
         "curvature": dopri["curvature"],
         "bits_per_dim": nll["bits_per_dim"],
         "bits_per_dim_se": nll["bits_per_dim_se"],
-        "steps_per_s": rate,
     }
     return cell
 
 
+def solver_name(spec: str) -> str:
+    """dopri5 -> Dopri5, euler:10 -> Euler-10."""
+    name, _, steps = spec.partition(":")
+    return name.capitalize() + (f"-{steps}" if steps else "")
+
+
 def markdown(table: dict, machine: str, args) -> str:
-    nan = float("nan")
+    fid_solvers = [s for s in args.solvers if s in getattr(args, "fid_solvers", [])]
+    heads = ["bits/dim", f"NFE ({solver_name(args.solvers[0])})"]
+    heads += [f"FID {solver_name(s)}" for s in fid_solvers] + [f"FD {solver_name(s)}" for s in args.solvers]
+    heads += [f"W2 {solver_name(args.solvers[0])}", "NPE", "curvature", "steps/s"]
     lines = [
         f"Images: {args.steps} steps at batch {args.batch}, U-Net preset {args.preset}; "
-        f"{args.num} held-out test images; bits/dim with the {args.divergence} divergence; {machine}.",
+        f"{args.num} held-out test images (FID: {args.num} samples against the training split); "
+        f"bits/dim with the {args.divergence} divergence; {machine}.",
         "",
-        "| dataset | method | bits/dim | NFE (Dopri5) | FD Dopri5 | FD Euler-10 | FD Euler-2 | W2 Dopri5 | "
-        "NPE | curvature | steps/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | method | " + " | ".join(heads) + " |",
+        "| --- | --- |" + " --- |" * len(heads),
     ]
     for dataset, rows in table.items():
         for method, c in rows.items():
-            lines.append(
-                f"| {dataset} | {method} | {c['bits_per_dim']:.3f} ± {c['bits_per_dim_se']:.3f} | {c['nfe']:.0f} | "
-                f"{c.get('fd_dopri5', nan):.2f} | {c.get('fd_euler:10', nan):.2f} | {c.get('fd_euler:2', nan):.2f} | "
-                f"{c.get('w2_dopri5', nan):.2f} | "
-                f"{c['npe']:.3f} | {c['curvature']:.2f} | {c['steps_per_s']:.1f} |"
-            )
+            cells = [f"{c['bits_per_dim']:.3f} ± {c['bits_per_dim_se']:.3f}", f"{c['nfe']:.0f}"]
+            cells += [f"{c[f'fid_{s}']:.1f}" for s in fid_solvers] + [f"{c[f'fd_{s}']:.2f}" for s in args.solvers]
+            cells += [f"{c[f'w2_{args.solvers[0]}']:.2f}", f"{c['npe']:.3f}", f"{c['curvature']:.2f}"]
+            cells += [f"{c['steps_per_s']:.1f}"]
+            lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,15 +160,27 @@ def main(argv=None):
     parser.add_argument(
         "--data-dir", default="", help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
+    parser.add_argument(
+        "--fid-solvers",
+        nargs="*",
+        default=None,
+        help="the solvers whose samples get an Inception FID (default: every one; none: no FID)",
+    )
     parser.add_argument("--grids", default="", help="a directory for a PNG grid of samples per cell")
+    parser.add_argument("--keep", default="", help="keep the runs in this folder; a rerun resumes from it")
     parser.add_argument("--out", default="results/images.json")
     args = parser.parse_args(argv)
+    args.fid_solvers = list(args.solvers) if args.fid_solvers is None else args.fid_solvers
+    unknown = sorted(set(args.fid_solvers) - set(args.solvers))
+    if unknown:
+        parser.error(f"--fid-solvers {' '.join(unknown)} not among --solvers {' '.join(args.solvers)}")
     table = {dataset: {} for dataset in args.datasets}
     cells = [(dataset, method) for dataset in args.datasets for method in args.methods]
     common.announce(
         f"images table: {len(cells)} cells ({', '.join(args.methods)} on {', '.join(args.datasets)}), each "
-        f"{args.steps} training steps of U-Net {args.preset}, then FD/W2 with {', '.join(args.solvers)} and "
-        f"bits/dim on {args.num} held-out images; writing {args.out}"
+        f"{args.steps} training steps of U-Net {args.preset}, then FD/W2 with {', '.join(args.solvers)}, "
+        + (f"Inception FID with {', '.join(args.fid_solvers)}, " if args.fid_solvers else "")
+        + f"bits/dim on {args.num} held-out images; writing {args.out}"
     )
     for dataset, method in common.each(cells, "images table", "cell"):
         table[dataset][method] = cell = run_cell(dataset, method, args)

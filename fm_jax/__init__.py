@@ -26,6 +26,7 @@ __getattr__, __dir__, __all__ = attach(
         "distillation",
         "fid",
         "fid_weights",
+        "files",
         "gaussian",
         "host_ot",
         "likelihood",

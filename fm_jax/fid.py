@@ -11,7 +11,7 @@ same formula with any other `extractor(images) -> (batch, D)`, or the identity o
 pixels (`pixel_frechet_distance`, for digits and MNIST, where no Inception applies), gives
 the corresponding distance in that feature space.
 
-- `frechet_distance(mu1, sigma1, mu2, sigma2)`: d^2 in JAX, jitted.
+- `frechet_distance(mu1, sigma1, mu2, sigma2)`: d^2, in float64 on the host.
 - `FeatureStats(mu, sigma, n)`, `feature_stats(features)`: mean and unbiased covariance.
 - `feature_stats_of(extractor, images)`: the same, streamed over batches of images.
 - `fid(extractor, a, b)`: d^2 between two image sets, either given as precomputed stats.
@@ -24,29 +24,26 @@ Images are float arrays, batch first, with values in [-1, 1] (NHWC for the Incep
 Nothing here downloads anything. Unlike the math modules this evaluation hook knows about
 Flax, only so far as to pass an NNX extractor to the compiled step as a pytree argument.
 
-Accuracy of `frechet_distance` in float32. The trace of the matrix square root is the
-nuclear norm of a product of covariance factors: with S_i = G_i G_i^T (G_i = U_i L_i^{1/2}
-from the eigendecomposition S_i = U_i diag(L_i) U_i^T) and K = G2^T G1, K^T K = G1^T S2 G1
-has the nonzero eigenvalues of S2 S1, hence of S1^{1/2} S2 S1^{1/2}, so
+`frechet_distance` in float64 on the host. As the reference implementations do (SciPy's
+float64 `sqrtm`), the distance is computed in float64 on the CPU device, whatever the
+platform of its inputs and whether or not `jax_enable_x64` is set: a FID of a set with
+itself is then 0 to ~1e-12 of its traces instead of ~1e-3 at D = 2048 in float32, and TPUs,
+which have no float64 linear algebra, are never asked for it. Features and their moments
+stay float32 (`feature_stats_of`), as the extractor computes them. The trace of the matrix
+square root is the nuclear norm of a product of covariance factors: with S_i = G_i G_i^T
+(G_i = U_i L_i^{1/2} from the eigendecomposition S_i = U_i diag(L_i) U_i^T) and
+K = G2^T G1, K^T K = G1^T S2 G1 has the nonzero eigenvalues of S2 S1, hence of
+S1^{1/2} S2 S1^{1/2}, so
 
     tr (S1^{1/2} S2 S1^{1/2})^{1/2} = sum_i sigma_i(K)   (the singular values of K).
 
 Singular values of K carry an absolute error O(eps ||K||); square roots of the eigenvalues
 of S1^{1/2} S2 S1^{1/2} would turn its O(eps ||K||^2) rounding into O(sqrt(eps) ||K||) per
-near-zero eigenvalue, ~300 times more in float32, and rank-deficient covariances (fewer
-samples than dimensions, constant pixels) have many. For the same reason eigenvalues of
-S_i below the resolution of a float32 eigensolver, sqrt(D) eps max(L_i), are set to 0 in
-the factor and in tr S_i alike: the result is the exact distance between Gaussians whose
-covariances differ from the inputs by no more than that resolution. Measured against a
-float64 reference (covariances of ReLU features from 4D samples, of D/4 + 1 samples, a
-full-rank Wishart matrix, a rotated diagonal with zero variances, identical statistics),
-the float32 error was at most 4e-7 (tr S1 + tr S2) at D = 64 (7e-5 absolute) and at most
-8e-7 (tr S1 + tr S2) at D = 2048 (1e-3 absolute for 2048-d ReLU features with traces
-near 1,400 and distances 57 and 126) except 9e-6 (tr S1 + tr S2) (0.05 absolute) for the Wishart matrix, whose eigenvalues
-spread continuously down to 0. Identical statistics give d^2 of order 1e-3 at D = 2048, of
-either sign, rather than 0. The cost is two symmetric eigendecompositions and one singular-
-value decomposition of D x D matrices: 2.5 s at D = 2048 on a 2-core CPU. With
-`jax_enable_x64` and float64 inputs the computation runs in float64.
+near-zero eigenvalue, and rank-deficient covariances (fewer samples than dimensions,
+constant pixels) have many. Eigenvalues of S_i below the eigensolver's resolution,
+sqrt(D) eps max(L_i), are set to 0 in the factor and in tr S_i alike. The cost is two
+symmetric eigendecompositions and one singular-value decomposition of D x D matrices, a few
+seconds at D = 2048 on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +60,7 @@ import numpy as np
 from flax import nnx
 
 from fm_jax.primitives import padded_chunks
+from fm_jax.progress import bar
 
 __all__ = [
     "FeatureStats",
@@ -116,22 +114,24 @@ def _frechet_distance(mu1, sigma1, mu2, sigma2):
     return jnp.dot(diff, diff, precision=HIGHEST) + trace1 + trace2 - 2.0 * trace_sqrt
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """d^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^{1/2} S2 S1^{1/2})^{1/2}) between N(mu1, S1) and N(mu2, S2).
 
-    Covariances must be symmetric positive semi-definite: they are symmetrized, and their
-    eigenvalues below sqrt(D) eps max|eigenvalue| (rounding noise, negative ones included)
-    count as 0. See the module docstring for the accuracy. Not clipped at 0: identical
-    statistics may give a tiny negative value.
+    Computed in float64 on the CPU device (see the module docstring), from concrete arrays
+    (not inside `jit`). Covariances must be symmetric positive semi-definite: they are
+    symmetrized, and their eigenvalues below sqrt(D) eps max|eigenvalue| (rounding noise,
+    negative ones included) count as 0. Not clipped at 0: identical statistics may give a
+    value of order -1e-12 of the traces.
     """
-    dtype = _compute_dtype(mu1, sigma1, mu2, sigma2)
-    mu1, sigma1, mu2, sigma2 = (jnp.asarray(a, dtype) for a in (mu1, sigma1, mu2, sigma2))
+    mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
     for name, mu, sigma in (("1", mu1, sigma1), ("2", mu2, sigma2)):
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(f"mu{name} must be (D,) and sigma{name} (D, D), got {mu.shape} and {sigma.shape}.")
     if mu1.shape != mu2.shape:
         raise ValueError(f"The two Gaussians have different dimensions: {mu1.shape[0]} and {mu2.shape[0]}.")
-    return _frechet_distance(mu1, sigma1, mu2, sigma2)
+    with jax.enable_x64(True):
+        cpu = jax.devices("cpu")[0]
+        return float(_frechet_distance(*(jax.device_put(a, cpu) for a in (mu1, sigma1, mu2, sigma2))))
 
 
 @jax.jit
@@ -222,8 +222,10 @@ def feature_stats_of(
     *,
     batch_size: int = 128,
     value_range: tuple[float, float] | None = (-1.0, 1.0),
+    progress: bool = False,
 ) -> FeatureStats:
-    """FeatureStats of extractor(images), computed `batch_size` images at a time.
+    """FeatureStats of extractor(images), computed `batch_size` images at a time (`progress`: a
+    bar over the images on stderr).
 
     `extractor(images_batch) -> (b, D)` is any callable: an NNX module (passed to the
     compiled step as a pytree, so its weights are arguments) or a function (compiled once per
@@ -244,14 +246,16 @@ def feature_stats_of(
     low, high = jnp.float32(low), jnp.float32(high)
     step = _batch_moments_fn(extractor)
     n_seen, mean, m2, flags = 0, None, None, []
-    for _, count, (chunk,) in padded_chunks(batch, images):  # padding rows are masked out by `count`
-        mean_b, m2_b, flags_b = step(extractor, chunk.astype(jnp.float32), jnp.int32(count), low, high)
-        flags.append(flags_b)
-        if mean is None:
-            mean, m2 = mean_b, m2_b
-        else:
-            mean, m2 = _combine(jnp.float32(n_seen), mean, m2, jnp.float32(count), mean_b, m2_b)
-        n_seen += count
+    with bar(n, "features", progress, unit="image") as images_done:
+        for _, count, (chunk,) in padded_chunks(batch, images):  # padding rows are masked out by `count`
+            mean_b, m2_b, flags_b = step(extractor, chunk.astype(jnp.float32), jnp.int32(count), low, high)
+            flags.append(flags_b)
+            if mean is None:
+                mean, m2 = mean_b, m2_b
+            else:
+                mean, m2 = _combine(jnp.float32(n_seen), mean, m2, jnp.float32(count), mean_b, m2_b)
+            n_seen += count
+            images_done.update(count)
     image_not_finite, out_of_range, features_not_finite = np.asarray(jnp.any(jnp.stack(flags), axis=0))
     if image_not_finite:
         raise ValueError("images contain NaN or inf.")

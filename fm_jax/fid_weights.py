@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from fm_jax import files
 
 __all__ = ["BLOCKS", "BRANCHES", "STEM", "convert_name", "convert_state", "default_torchscript", "write_weights"]
 
@@ -139,7 +140,8 @@ def read_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError:
         raise ValueError(f"Reading the TorchScript FID Inception needs torch: {INSTALL_HINT}.") from None
     with warnings.catch_warnings():  # torch deprecates TorchScript; the reference file is one
-        warnings.simplefilter("ignore", DeprecationWarning)
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
         model = torch.jit.load(str(path), map_location="cpu")
     return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
 
@@ -161,17 +163,7 @@ def write_weights(out: str | os.PathLike, torchscript: str | os.PathLike | None 
     if not source.is_file():
         raise ValueError(f"No TorchScript file at {source}.")
     arrays = convert_state(read_torchscript(source))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out.parent, prefix=f".{out.stem}-")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
+    with files.replaced(out) as tmp:
+        np.savez(tmp, **arrays)
         load_fid_inception(tmp)  # raises on a missing, unexpected or misshapen parameter
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; the weights are not
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out

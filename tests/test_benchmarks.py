@@ -380,6 +380,18 @@ def test_gpu_check_runs_end_to_end_at_tiny_sizes(tmp_path, monkeypatch, capsys):
     assert row["auction_depth"] > 0 and abs(row["auction_gap_to_pot"]) < 1e-6
     assert result["otcfm_vs_icfm"]["otcfm_auction_over_icfm_time"] > 0
     assert result["otcfm_vs_icfm"]["otcfm_network_simplex_over_icfm_time"] > 0
+    assert result["inception"]["batch"] == 2 and result["inception"]["images_per_s"] > 0
+
+
+def test_inception_bench_counts_images_per_second_of_the_299_network(tmp_path, monkeypatch):
+    module = bench("inception", monkeypatch)
+    monkeypatch.setattr(module.common, "median_seconds", lambda fn, *args, **kwargs: (fn(), 0.5)[1])  # a known time
+    out = tmp_path / "inception.json"
+    row = module.main(["--batch", "2", "--shape", "8,8,3", "--calls", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["images_per_s"] == row["images_per_s"] == 2 / 0.5
+    # Every image goes through the 299x299 network: 5.7 G multiply-adds (11.5 GFLOP) each.
+    assert 10.0 < row["gflop_per_batch"] / 2 < 13.0
+    assert row["tflop_per_s"] == pytest.approx(row["gflop_per_batch"] / 0.5 / 1e3)
 
 
 def test_large_batch_bench_states_memory_and_time(tmp_path, monkeypatch):

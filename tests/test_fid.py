@@ -25,18 +25,35 @@ def random_stats(rng, d, rank, shift=0.0):
     return x.mean(0), np.cov(x, rowvar=False)
 
 
+def sample_reference(x1, x2) -> float:
+    """d^2 between the Gaussians fitted to two sample sets, exactly in float64: with centred
+    samples C_i and S_i = C_i^T C_i / (n - 1), tr (S1^{1/2} S2 S1^{1/2})^{1/2} is the nuclear
+    norm of C1 C2^T / (n - 1), well conditioned even where S1 S2 is singular (where SciPy's
+    sqrtm loses ~1e-8 of the traces)."""
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    nuclear = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / (len(x1) - 1)
+    traces = np.trace(np.cov(x1, rowvar=False)) + np.trace(np.cov(x2, rowvar=False))
+    return float(np.sum((x1.mean(0) - x2.mean(0)) ** 2) + traces - 2 * nuclear)
+
+
 @pytest.mark.parametrize("d, rank", [(8, 40), (64, 200), (64, 16), (64, 63)])
-def test_frechet_distance_matches_float64_scipy(d, rank):
+def test_frechet_distance_is_exact_in_float64(d, rank):
     rng = np.random.default_rng(d + rank)
-    mu1, s1 = random_stats(rng, d, rank)
-    mu2, s2 = random_stats(rng, d, rank, shift=0.3)
-    expected = frechet_reference(mu1, s1, mu2, s2)
-    got = float(fid.frechet_distance(mu1, s1, mu2, s2))
-    # float32 with singular values of G2^T G1: within 1e-6 of the traces (measured 1e-7 .. 5e-7).
-    assert got == pytest.approx(expected, abs=2e-6 * (np.trace(s1) + np.trace(s2)))
+    samples = lambda shift: rng.normal(size=(rank + 1, d)) @ np.diag(rng.uniform(0.2, 2.0, d)) + shift
+    x1, x2 = samples(0.0), samples(0.3)
+    (mu1, s1), (mu2, s2) = ((x.mean(0), np.cov(x, rowvar=False)) for x in (x1, x2))
+    scale = np.trace(s1) + np.trace(s2)
+    got = fid.frechet_distance(mu1, s1, mu2, s2)
+    # float64 on the host with singular values of G2^T G1 (measured within 4e-16 of the traces).
+    assert got == pytest.approx(sample_reference(x1, x2), abs=1e-13 * scale)
+    assert got == pytest.approx(frechet_reference(mu1, s1, mu2, s2), abs=1e-7 * scale)
+    # float32 statistics are computed in float64 too: only their own rounding remains.
+    f32 = fid.frechet_distance(*(np.float32(a) for a in (mu1, s1, mu2, s2)))
+    assert f32 == pytest.approx(got, abs=1e-6 * scale)
     # Symmetric in the two Gaussians; zero between identical statistics, also rank-deficient ones.
-    assert float(fid.frechet_distance(mu2, s2, mu1, s1)) == pytest.approx(got, abs=2e-6 * (np.trace(s1) + np.trace(s2)))
-    assert abs(float(fid.frechet_distance(mu1, s1, mu1, s1))) < 2e-6 * np.trace(s1)
+    assert fid.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(got, abs=1e-13 * scale)
+    assert abs(fid.frechet_distance(mu1, s1, mu1, s1)) < 1e-13 * scale
+    assert abs(fid.frechet_distance(*(np.float32(a) for a in (mu1, s1, mu1, s1)))) < 1e-13 * scale
 
 
 def test_frechet_distance_closed_forms():

@@ -11,7 +11,10 @@ from fm_jax import cli, fid, fid_weights
 from fm_jax.models import inception
 
 # torch deprecates TorchScript, the format of the reference file (and of a foreign one here).
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,8 @@ def reference():
     """(the TorchScript FID Inception, its state dict as arrays)."""
     path = fid_weights.default_torchscript()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
         model = torch.jit.load(str(path), map_location="cpu").eval()
     return model, fid_weights.read_torchscript(path)
 
@@ -114,6 +118,16 @@ def test_fid_agrees_with_the_reference_from_small_images(converted, size):
     # pytorch-fid's resize gives another FID: the test tells the two conventions apart.
     other = inception.load_fid_inception(converted, resize="pytorch_fid")
     assert abs(float(fid.fid(other, clean, noisy, batch_size=8)) - theirs) > 0.005 * theirs
+
+
+def test_fid_is_zero_for_a_set_with_itself_and_grows_with_its_corruption(converted):
+    clean = digits(32, 8)
+    extractor = fid.inception_extractor(converted)
+    stats = fid.feature_stats_of(extractor, clean, batch_size=8)
+    assert abs(fid.fid(extractor, clean, stats, batch_size=8)) <= 1e-6
+    noise = np.random.default_rng(2).normal(size=clean.shape).astype(np.float32)
+    scores = [fid.fid(extractor, np.clip(clean + s * noise, -1, 1), stats, batch_size=8) for s in (0.05, 0.2, 0.6)]
+    assert np.all(np.diff(scores) > 0) and scores[0] > 1.0, scores
 
 
 def test_conversion_refuses_to_replace_a_file_and_reports_a_foreign_graph(tmp_path, capsys):

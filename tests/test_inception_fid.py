@@ -59,8 +59,43 @@ def test_reference_statistics_are_cached_and_remade_when_what_they_depend_on_cha
     assert len(keys) == 5
     scorer.reference("toy", "train", changed)
     assert len(list((tmp_path / "cache" / "fid_stats").iterdir())) == 2
-    # A set scored against its own statistics: FID ~ 0 (float32 rounding of 2048-d statistics).
-    assert abs(scorer(inception_fid.to_rgb(data), first)) < 1e-2
+    # A set scored against its own statistics: FID 0 (the distance is taken in float64).
+    assert abs(scorer(inception_fid.to_rgb(data), first)) < 1e-6
+
+
+def test_fid_stats_computes_a_prepared_cifar10_once_into_the_cache_that_eval_reads(
+    weights, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FM_JAX_CACHE", str(tmp_path / "cache"))
+    data_dir, out = str(tmp_path / "data"), tmp_path / "cifar10_train.npz"
+    rng = np.random.default_rng(0)
+    split = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
+    train = split(6)
+    prepare.write_arrays("cifar10", data_dir, {"train": train, "test": split(2)}, num_classes=10)
+    command = ["fid-stats", "--dataset", "cifar10", "--data-dir", data_dir, "--fid-weights", str(weights)]
+    cli.main(command + ["--out", str(out)])
+    captured = capsys.readouterr()
+    cached = inception_fid.InceptionFID(weights).reference_path("cifar10", "train", train[0])
+    assert f"cifar10 train: Inception statistics of 6 images (2048-d) in {cached} and {out}" in captured.out
+    assert "reading the 6 train images (32, 32, 3) of cifar10" in captured.err
+    expected = fid.feature_stats_of(fid.inception_extractor(weights), inception_fid.to_rgb(train[0]), batch_size=64)
+    for stats in (fid.load_stats(out), fid.load_stats(cached)):
+        np.testing.assert_allclose(stats.mu, expected.mu, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
+        assert stats.n == 6
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the statistics were computed again")
+
+    monkeypatch.setattr(fid, "feature_stats_of", computed)
+    with pytest.raises(SystemExit, match="exists; pass --force"):
+        cli.main(command + ["--out", str(out)])
+    cli.main(command)  # from the cache
+    assert str(cached) in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="has no split 'validation'"):
+        cli.main(command + ["--split", "validation"])
+    with pytest.raises(SystemExit, match="tfds build cifar10"):
+        cli.main(["fid-stats", "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty")])
 
 
 def test_eval_reports_the_inception_fid_of_an_image_run(weights, tmp_path, monkeypatch, capsys):

@@ -48,41 +48,81 @@ def test_table_script_runs_and_writes_json_and_markdown(tmp_path, monkeypatch, c
     assert "| fm | n/a" in md and "normal → moons" in md
 
 
+class CountingInception:
+    """Stands in for the Inception FID in the table scripts' tests (the real one is tested in
+    test_fid_weights and test_inception_fid): its "FID" is the samples' mean pixel + 100, and
+    it counts the reference statistics it is asked for."""
+
+    def __init__(self):
+        self.references = []
+
+    def reference(self, name, split, images, progress=False):
+        self.references.append((name, split, len(images)))
+        return None
+
+    def __call__(self, images, reference):
+        return float(images.mean()) + 100.0
+
+
 def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
+    module = importlib.import_module("images_table")
+    inception = CountingInception()
+    monkeypatch.setattr(module, "_inception", lambda: inception)
     out = tmp_path / "images.json"
-    importlib.import_module("images_table").main(
-        [
-            "--datasets",
-            "digits",
-            "--methods",
-            "fm",
-            "--steps",
-            "2",
-            "--batch",
-            "8",
-            "--num",
-            "8",
-            "--preset",
-            "tiny",
-            "--solvers",
-            "euler:2",
-            "--divergence",
-            "exact",
-            "--data-dir",
-            str(tmp_path / "tfds"),
-            "--out",
-            str(out),
-            "--grids",
-            str(tmp_path / "grids"),
-        ]
-    )
+    args = [
+        "--datasets",
+        "digits",
+        "--methods",
+        "fm",
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--num",
+        "8",
+        "--preset",
+        "tiny",
+        "--solvers",
+        "euler:2",
+        "euler:1",
+        "--fid-solvers",
+        "euler:1",
+        "--divergence",
+        "exact",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--out",
+        str(out),
+        "--grids",
+        str(tmp_path / "grids"),
+        "--keep",
+        str(tmp_path / "runs"),
+    ]
+    module.main(args)
     err = capsys.readouterr().err
     assert "images table: 1 cells (fm on digits)" in err and re.search(r"images table[^\r\n]*1/1", err)
+    assert "Inception FID with euler:1" in err
     assert (tmp_path / "grids" / "digits_fm.png").is_file()
     cell = json.loads(out.read_text())["table"]["digits"]["fm"]
     assert cell["nfe"] == 2 and cell["bits_per_dim"] > 0 and cell["fd_euler:2"] > 0 and cell["steps_per_s"] > 0
-    assert "| digits | fm |" in out.with_suffix(".md").read_text()
+    # The FID of the FID solver only, against the digits' training split (1,497 images).
+    assert inception.references == [("digits", "train", 1497)] and 99.0 < cell["fid_euler:1"] < 101.0
+    assert "fid_euler:2" not in cell
+    md = out.with_suffix(".md").read_text()
+    assert "| FID Euler-1 | FD Euler-2 | FD Euler-1 |" in md
+    assert (
+        f"| digits | fm | {cell['bits_per_dim']:.3f} ± {cell['bits_per_dim_se']:.3f} | 2 | {cell['fid_euler:1']:.1f} |"
+        in md
+    )
+    # Run again with --keep: the measured cell is read back, nothing trains or is measured again.
+    monkeypatch.setattr(module.common, "train_rate", None)
+    module.main(args)
+    assert "digits fm measured before" in capsys.readouterr().out
+    assert json.loads(out.read_text())["table"]["digits"]["fm"] == cell and len(inception.references) == 1
+    with pytest.raises(SystemExit):
+        module.main(args + ["--fid-solvers", "dopri5"])
+    assert "--fid-solvers dopri5 not among --solvers euler:2 euler:1" in capsys.readouterr().err
 
 
 def test_distill_table_trains_teachers_and_students_and_states_the_claims(tmp_path, monkeypatch, capsys):
@@ -185,3 +225,22 @@ def test_distill_claims_name_the_tasks_where_they_fail(monkeypatch):
         "does not hold on c:d",
     ]
     assert lines[4].startswith("- Effect of eta on a → b: nfm (eta=0.1): W2 Euler-1 1.000, Dopri5 0.700")
+
+
+def test_distill_claims_on_images_are_judged_by_fd_or_by_fid(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    module = importlib.import_module("distill_table")
+    # fast-ode beats I-CFM at few NFE by the pixel FD and loses to it by the Inception FID.
+    cell = lambda fd, fid: (
+        {f"{q}_{s}": {"mean": v} for q, v in (("fd", fd), ("fid", fid)) for s in ("euler:1", "euler:2", "dopri5")}
+        | {"curvature": {"mean": 0.1}}
+    )
+    rows = {"icfm": cell(2.0, 50.0), "otcfm": cell(1.0, 40.0), "fastode": cell(1.5, 60.0)}
+    by_fd, by_fid = module.claims({"tfds:digits": rows}), module.claims({"tfds:digits": rows}, "fid")
+    assert (
+        by_fd[1]
+        == "- They win at few NFE against independent pairs (FD at Euler NFE 1 and 2 below I-CFM's, every one): holds on every task"
+    )
+    assert by_fid[1].startswith("- They win at few NFE against independent pairs (FID at") and by_fid[1].endswith(
+        "does not hold on tfds:digits"
+    )

@@ -15,6 +15,8 @@ at 128-4096 points, and OT-CFM against I-CFM, in one JSON (under 8 minutes on on
    (epsilon = 0.05 x mean cost).
 3. The OT-CFM train step (the auction and the host network simplex inside the step) against
    the I-CFM step, same network, batch 128, float32.
+4. Inception features per second (`inception.py`): the FID extractor at batch 64 on 32x32x3
+   images resized to 299x299.
 
 Each time is the median over repeats after a compile; the JSON records the device, the
 compile times and the arguments.
@@ -39,7 +41,8 @@ from fm_jax.primitives import pairwise_sq_distances
 from fm_jax.train.step import mixed_precision
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root, for `experiments`
-import unet_step  # noqa: E402 (this folder, as the tests and the script's own path import it)
+import inception  # noqa: E402 (this folder, as the tests and the script's own path import it)
+import unet_step  # noqa: E402
 
 from experiments import common
 
@@ -54,8 +57,14 @@ PEAK_FLOPS = {
     "TPU v5 lite": 197e12,
 }
 
-FULL = {"preset": "torchcfm_cifar10", "shape": (32, 32, 3), "batch": 128, "sizes": [128, 256, 512, 1024, 2048, 4096]}
-TINY = {"preset": "tiny", "shape": (8, 8, 3), "batch": 8, "sizes": [8]}
+FULL = {
+    "preset": "torchcfm_cifar10",
+    "shape": (32, 32, 3),
+    "batch": 128,
+    "sizes": [128, 256, 512, 1024, 2048, 4096],
+    "inception_batch": 64,
+}
+TINY = {"preset": "tiny", "shape": (8, 8, 3), "batch": 8, "sizes": [8], "inception_batch": 2}
 
 
 def compiled_step(fn, params, optimizer, row: dict, name: str):
@@ -171,10 +180,13 @@ def main(argv=None):
     began = time.perf_counter()
     common.announce(
         f"GPU check on {common.machine(devices=True)}: the {sizes['preset']} U-Net step at batch {sizes['batch']} "
-        f"(f32, bf16), couplings at n = {sizes['sizes']} in d = {dim}, OT-CFM vs I-CFM; writing {args.out}"
+        f"(f32, bf16), couplings at n = {sizes['sizes']} in d = {dim}, OT-CFM vs I-CFM, Inception features/s; "
+        f"writing {args.out}"
     )
     unet_rows, ot_row = train_steps(sizes, args.calls, "GPU check: train steps")
     rows = coupling_times(sizes["sizes"], dim, args.hungarian_max, "GPU check: couplings")
+    features = inception.features_per_second(sizes["inception_batch"], sizes["shape"], calls=3 if args.tiny else 10)
+    common.row(f"FID Inception: {features['images_per_s']:.0f} images/s at batch {features['batch']}")
     result = {
         "machine": common.machine(devices=True),
         "jax": jax.__version__,
@@ -182,6 +194,7 @@ def main(argv=None):
         "unet": {"preset": sizes["preset"], "batch": sizes["batch"], "precisions": unet_rows},
         "couplings": rows,
         "otcfm_vs_icfm": ot_row,
+        "inception": features,
         "seconds": time.perf_counter() - began,
     }
     common.write_result(result, args.out)

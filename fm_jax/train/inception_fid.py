@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from fm_jax import fid
+from fm_jax import fid, files
 from fm_jax.progress import announce
 
 __all__ = ["InceptionFID", "cache_dir", "default_weights", "to_rgb"]
@@ -88,26 +87,23 @@ class InceptionFID:
         digest.update(repr(setting).encode())
         return digest.hexdigest()[:16]
 
+    def reference_path(self, name: str, split: str, images: np.ndarray) -> Path:
+        """Where the statistics of a split's uint8 `images` are cached."""
+        return cache_dir() / "fid_stats" / f"{name.replace('/', '_')}-{split}-{self.key(images)}.npz"
+
     def reference(
         self, name: str, split: str, images: np.ndarray, batch_size: int = 64, progress: bool = False
     ) -> fid.FeatureStats:
         """The statistics of a split's uint8 `images`, read from the cache when they are there
-        for the same images, input stage and weights, else computed and cached."""
-        path = cache_dir() / "fid_stats" / f"{name}-{split}-{self.key(images)}.npz"
+        for the same images, input stage and weights, else computed (a bar with `progress`) and cached."""
+        path = self.reference_path(name, split, images)
         if path.is_file():
             announce(f"FID reference statistics of {name} {split} from {path}", progress)
             return fid.load_stats(path)
         announce(f"FID reference statistics of {len(images)} {name} {split} images, once, into {path}", progress)
-        stats = fid.feature_stats_of(self.extractor, to_rgb(images), batch_size=batch_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
+        stats = fid.feature_stats_of(self.extractor, to_rgb(images), batch_size=batch_size, progress=progress)
+        with files.replaced(path) as tmp:  # a reader never sees a half-written file
             fid.save_stats(tmp, stats)
-            os.replace(tmp, path)  # a reader never sees a half-written file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return stats
 
     def __call__(self, images: np.ndarray, reference: fid.FeatureStats, batch_size: int = 64) -> float:

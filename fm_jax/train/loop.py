@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -33,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from fm_jax import files
 from fm_jax.couplings import Independent
 from fm_jax.data import points
 from fm_jax.losses import CFMLoss, FlowNLLLoss
@@ -265,13 +265,6 @@ def _check_finite(values: np.ndarray, first_step: int, checkpoints: Checkpoints)
         )
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Replace `path` by `text` in one rename, so a kill never leaves it half written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Pacer:
     """How many steps the next part of a call runs, so that one part takes about `max_s`
     seconds at most (a stop is honoured between parts). The first part of a run is one step,
@@ -385,8 +378,8 @@ def _run(
     if restored is not None:
         engine.batches.restore(restored.data, start_step)
     if primary:  # the run starts: its config, data fingerprints and log are written from here on
-        _write_atomic(workdir / "config.json", config.to_json(indent=1))
-        _write_atomic(workdir / DATA_FINGERPRINTS, json.dumps(fingerprints, indent=1))
+        files.write_text(workdir / "config.json", config.to_json(indent=1))
+        files.write_text(workdir / DATA_FINGERPRINTS, json.dumps(fingerprints, indent=1))
         MetricsLog.truncate(workdir / "metrics.jsonl", start_step)
     batches = engine.batches(data_key, first)
     began = time.perf_counter()

@@ -23,7 +23,6 @@ parameters `fm-jax sample` reads by default: the EMA where the run keeps one.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
-from fm_jax import metrics, solvers
+from fm_jax import files, metrics, solvers
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.held_out import NOISE, TARGET, held_out_key
 from fm_jax.train.sharding import replicated
@@ -65,9 +64,7 @@ class MetricsLog:
         """Drop the lines past `step`, which a run resumed from `step` writes again."""
         if path.exists():
             lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            tmp = path.with_name(f".{path.name}.tmp")  # one rename: a kill never leaves the log half written
-            tmp.write_text("".join(line + "\n" for line in lines))
-            os.replace(tmp, path)
+            files.write_text(path, "".join(line + "\n" for line in lines))  # a kill never leaves it half written
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         self.jsonl.write(json.dumps({"step": step} | scalars) + "\n")
