@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = attach(
         "assignment",
         "couplings",
         "data",
+        "discrete",
         "distillation",
         "fid",
         "fid_weights",

@@ -10,6 +10,7 @@
 - every link of README.md and results/README.md to a heading (`#anchor`) or a file resolves.
 """
 
+import math
 import pathlib
 import re
 import shlex
@@ -63,6 +64,9 @@ def test_the_python_blocks_run_in_order_and_their_comments_hold(tmp_path, monkey
     assert float(jnp.abs(ns["out"].log_prob - ns["flow"].log_prob(1.0, ns["x1"])).max()) < 1e-4
     # The training example: the run went its 20 steps and sampled moons-shaped points.
     assert int(ns["state"].step) == ns["config"].num_steps and ns["moons"].shape == (500, 2)
+    # The discrete example: 50 jumps, and the bound at the entropy of the two tokens (1.88 nats).
+    assert ns["tokens"].x1.shape == (1000, 2) and int(ns["tokens"].nfe) == 50
+    assert float(jnp.mean(ns["nats"])) == pytest.approx(2 * (-0.7 * math.log(0.7) - 0.3 * math.log(0.1)), rel=0.05)
 
 
 def bash_lines(path: pathlib.Path = README) -> list[tuple[int, list[str]]]:

@@ -1,0 +1,141 @@
+"""Samplers of discrete flows, with the network calls counted.
+
+`sample(posterior, x0, path, key, steps=N, method=..., corrector=eta)` draws tokens at t = 1
+from tokens x0 at t = 0, where `posterior(t, x_t) -> logits (batch, L, K)` predicts
+p_{1|t}(x1 | x_t) (a trained network, or an exact posterior in the tests). Returns
+`DiscreteSample(x1, nfe)`.
+
+- "euler" (Gat et al. 2024, Sec. 2.4; Campbell et al. 2024, Alg. 1): N steps on the uniform
+  grid t_k = k / N. With the posterior held fixed over a step, a token not yet at its data
+  value jumps with probability (kappa(t_{k+1}) - kappa(t_k)) / (1 - kappa(t_k)) (the rate
+  kappa' / (1 - kappa) integrated over the step; `MixturePath.jump_probability`) to a token
+  drawn from p_{1|t}(. | x_t), which may be its own value. Every token has jumped by the last
+  step, whose probability is 1. NFE = N.
+- The corrector (`corrector` = eta > 0, masked source; Gat et al. 2024, Sec. 2.5, with the
+  backward velocity of Campbell et al. 2024's detailed-balance noise): the forward rate is
+  scaled by 1 + eta and unmasked tokens are masked again at rate eta kappa' / kappa, which
+  leaves the marginals of the exact posterior's path unchanged and lets later, better
+  informed steps revise early choices. The last step has no remasking. NFE = N.
+- "unmask" (masked source only): the exact sampler of the masked path. Each token draws its
+  own reveal time tau_i with P(tau_i <= t) = kappa(t); tokens are revealed one at a time in
+  the order of their times, each from the posterior given the tokens revealed before. With
+  the true posterior the joint law of the result is exactly the data's. NFE = L.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fm_jax.discrete.paths import MixturePath, posterior_probs
+
+__all__ = ["METHODS", "DiscreteSample", "sample"]
+
+METHODS = ("euler", "unmask")
+Posterior = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class DiscreteSample(NamedTuple):
+    """Tokens at t = 1 (batch, L) and the number of posterior (network) calls made."""
+
+    x1: jax.Array
+    nfe: jax.Array
+
+
+def _draw(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """One token per position from probabilities (..., K)."""
+    return jax.random.categorical(key, jnp.log(jnp.maximum(probs, 1e-30)), axis=-1).astype(jnp.int32)
+
+
+def _euler(
+    posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array, steps: int, corrector: float
+) -> tuple[jax.Array, jax.Array]:
+    batch = x0.shape[0]
+    grid = jnp.linspace(0.0, 1.0, steps + 1)
+
+    def step(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        x, key = carry
+        key, k_jump, k_draw, k_back = jax.random.split(key, 4)
+        t, t_next = grid[k], grid[k + 1]
+        probs = posterior_probs(path, posterior(jnp.full((batch,), t), x), x)
+        last = k == steps - 1
+        eta = jnp.where(last, 0.0, corrector)
+        kappa, kappa_next = path.scheduler(t), path.scheduler(t_next)
+        # The forward rate c (1 + eta) integrated over the step: 1 - ((1 - kappa') / (1 - kappa))^(1 + eta).
+        stay = jnp.clip((1.0 - kappa_next) / jnp.maximum(1.0 - kappa, 1e-12), 0.0, 1.0)
+        p_jump = jnp.where(last, 1.0, 1.0 - stay ** (1.0 + eta))
+        jump = jax.random.uniform(k_jump, x.shape) < p_jump
+        new = jnp.where(jump, _draw(k_draw, probs), x)
+        if path.source == "mask":
+            # Remasking at rate eta kappa' / kappa integrated: 1 - (kappa / kappa')^eta, for tokens
+            # unmasked before this step (a token revealed in it is kept).
+            p_back = 1.0 - (kappa / jnp.maximum(kappa_next, 1e-12)) ** eta
+            back = (x != path.mask_id) & (jax.random.uniform(k_back, x.shape) < p_back)
+            new = jnp.where(back, path.mask_id, new)
+        return new, key
+
+    x, _ = jax.lax.fori_loop(0, steps, step, (x0, key))
+    return x, jnp.asarray(steps, jnp.int32)
+
+
+def _unmask(posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    batch, length = x0.shape
+    k_times, k_draws = jax.random.split(key)
+    # Each token's reveal time; tokens not masked in x0 count as revealed at t = 0.
+    tau = path.scheduler.inverse(jax.random.uniform(k_times, x0.shape))
+    tau = jnp.where(x0 == path.mask_id, tau, 0.0)
+    order = jnp.argsort(tau, axis=-1)
+    rows = jnp.arange(batch)
+
+    def reveal(k: jax.Array, x: jax.Array) -> jax.Array:
+        position = order[:, k]
+        t = tau[rows, position]
+        probs = posterior_probs(path, posterior(t, x), x)
+        token = _draw(jax.random.fold_in(k_draws, k), probs[rows, position])
+        return x.at[rows, position].set(jnp.where(x[rows, position] == path.mask_id, token, x[rows, position]))
+
+    return jax.lax.fori_loop(0, length, reveal, x0), jnp.asarray(length, jnp.int32)
+
+
+def sample(
+    posterior: Posterior,
+    x0: jax.Array,
+    path: MixturePath,
+    key: jax.Array,
+    steps: int = 100,
+    method: str = "euler",
+    corrector: float = 0.0,
+) -> DiscreteSample:
+    """Tokens at t = 1 from tokens `x0` (batch, L) at t = 0 (the module docstring).
+
+    Args:
+        posterior: `posterior(t, x_t) -> logits (batch, L, K)`, t of shape (batch,).
+        x0: (batch, L) int tokens from the path's source (`MixturePath.draw_source`).
+        path: the mixture path.
+        key: the key of the jumps and draws.
+        steps: "euler": the number of steps N (the NFE); "unmask" makes L calls whatever it is.
+        method: "euler" or "unmask" (`METHODS`).
+        corrector: eta >= 0, the corrector's noise ("euler", masked source).
+
+    Returns:
+        DiscreteSample(x1, nfe).
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown discrete sampler {method!r}; choose one of {list(METHODS)}.")
+    x0 = jnp.asarray(x0)
+    if x0.ndim != 2 or not jnp.issubdtype(x0.dtype, jnp.integer):
+        raise ValueError(f"x0 must be integer tokens of shape (batch, length); got {x0.dtype} {x0.shape}.")
+    if corrector < 0:
+        raise ValueError(f"corrector (eta) must be non-negative, got {corrector}.")
+    if corrector > 0 and (path.source != "mask" or method != "euler"):
+        raise ValueError('The corrector is implemented for the "euler" sampler of the masked source.')
+    if method == "unmask":
+        if path.source != "mask":
+            raise ValueError(f'The "unmask" sampler needs the masked source; this path\'s is {path.source!r}.')
+        return DiscreteSample(*_unmask(posterior, x0.astype(jnp.int32), path, key))
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer (the number of Euler steps), got {steps!r}.")
+    return DiscreteSample(*_euler(posterior, x0.astype(jnp.int32), path, key, steps, float(corrector)))
