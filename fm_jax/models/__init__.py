@@ -18,9 +18,20 @@ from flax import nnx
 from fm_jax.models.encoders import CoupledField, GaussianEncoder
 from fm_jax.models.flows import Flow
 from fm_jax.models.mlp import MLP
+from fm_jax.models.transformer import Transformer, transformer_preset
 from fm_jax.models.unet import UNet, unet_preset
 
-__all__ = ["MLP", "CoupledField", "Flow", "GaussianEncoder", "UNet", "functional", "unet_preset"]
+__all__ = [
+    "MLP",
+    "CoupledField",
+    "Flow",
+    "GaussianEncoder",
+    "Transformer",
+    "UNet",
+    "functional",
+    "transformer_preset",
+    "unet_preset",
+]
 
 
 def functional(model: nnx.Module, method: str | None = None) -> tuple[Callable, Any]:
