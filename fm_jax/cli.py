@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 EXIT_RESUMABLE = 75
 # How many samples a command draws unless --num says otherwise: (density runs, image runs).
 DEFAULT_NUM = {"sample": (2000, 100), "eval": (10_000, 1000)}
+EVAL_SOLVERS = ("dopri5", "euler:100", "euler:10", "euler:2")  # what `fm-jax eval` compares by default
 
 
 def _path_params(text: str) -> dict:
@@ -163,8 +164,11 @@ def train(args: argparse.Namespace) -> None:
         return
     summary = json.loads((pathlib.Path(args.workdir) / "summary.json").read_text())
     conditional = ", class-conditional" if config.get("conditional", False) else ""
+    from fm_jax.train.methods import METHODS
+
+    source = METHODS[config.method].source_name(config.source)
     print(
-        f"trained {int(state.step)} steps of {config.method} ({config.source} -> {config.target}{conditional}) "
+        f"trained {int(state.step)} steps of {config.method} ({source} -> {config.target}{conditional}) "
         f"into {args.workdir}: "
         f"{summary['steps_per_s']:.0f} steps/s, {summary['examples_per_s']:.0f} examples/s on "
         f"{summary['devices']} device(s), compiled in {summary['compile_s']:.1f} s"
@@ -193,7 +197,8 @@ def _conditional(run) -> str:
 
 
 def _describe(run) -> str:
-    return f"{run.spec.method.name} {run.spec.data.source} -> {run.spec.data.target}{_conditional(run)}"
+    source = run.spec.method.source_name(run.spec.data.source)
+    return f"{run.spec.method.name} {source} -> {run.spec.data.target}{_conditional(run)}"
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -203,8 +208,19 @@ def sample(args: argparse.Namespace) -> None:
     if sde and args.diffusion < 0:
         raise SystemExit("--diffusion C needs C >= 0 (C = 0 samples the ODE with an SDE solver).")
     name = args.solver or ("euler" if sde else "dopri5")
-    spec = _solver(name if args.steps is None else f"{name}:{args.steps}", args.rtol, args.atol, sde)
+    # Checked before the run is read; "unmask" names a discrete flow's sampler, not an ODE solver.
+    spec = (
+        None
+        if name == "unmask"
+        else _solver(name if args.steps is None else f"{name}:{args.steps}", args.rtol, args.atol, sde)
+    )
     run = _load(args)
+    if run.spec.method.model == "tokens":
+        return _sample_tokens(args, run)
+    if spec is None:
+        raise SystemExit("--solver unmask is the sampler of discrete flows (dfm_mask runs).")
+    if args.corrector:
+        raise SystemExit("--corrector is for discrete flows (dfm_mask runs).")
     if sde and not (run.spec.method.has_score and run.spec.data.source == "normal"):
         from fm_jax.train.methods import METHODS
 
@@ -255,6 +271,56 @@ def sample(args: argparse.Namespace) -> None:
     target = tgt.sample(held_out_key(args.seed, TARGET), num)
     plot_flow(png, sol.x, target, sol.trajectory, f"{_describe(run)}, {spec}, NFE {int(sol.nfe)}", ts=sol.ts)
     print(f"{num} samples with {spec} (NFE {int(sol.nfe)}): {npz}, {png}")
+
+
+def _sample_tokens(args: argparse.Namespace, run) -> None:
+    """A discrete flow: tokens from its jump sampler, written as the images they are."""
+    import numpy as np
+
+    from fm_jax.discrete import METHODS as SAMPLERS
+    from fm_jax.plots import save_grid
+    from fm_jax.train.token_eval import sample_tokens
+
+    sampler = args.solver or "euler"
+    if sampler not in SAMPLERS:
+        raise SystemExit(f"A discrete flow samples with --solver {' or '.join(SAMPLERS)}; got {sampler!r}.")
+    if args.diffusion is not None or args.guidance is not None or args.rtol is not None or args.atol is not None:
+        raise SystemExit(
+            "A discrete flow samples with --solver euler --steps N [--corrector ETA] or --solver unmask; "
+            "--diffusion, --guidance, --rtol and --atol are for continuous flows."
+        )
+    steps = 100 if args.steps is None else args.steps
+    num, classes = _num(args, run), run.spec.data.num_classes
+    labels = None
+    if args.label is not None:
+        if not classes or not 0 <= args.label < classes:
+            raise SystemExit(
+                f"--label must be a class in 0..{classes - 1}" if classes else "--label needs a class-conditional run."
+            )
+        labels = np.full(num, args.label, np.int32)
+    elif classes:
+        labels = np.arange(num, dtype=np.int32) % classes  # the classes in turn: one column a class
+    try:
+        out = sample_tokens(run, num, sampler, steps, args.corrector, labels, args.seed, progress=True)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    how = (
+        f"euler, {steps} steps" + (f", corrector {args.corrector:g}" if args.corrector else "")
+        if sampler == "euler"
+        else "unmask"
+    )
+    tag = f"{sampler}{steps}" if sampler == "euler" else "unmask"
+    tag += f"_corrector{args.corrector:g}" if args.corrector else ""
+    tag += f"_label{args.label}" if args.label is not None else ""
+    base = pathlib.Path(args.workdir) / f"samples_{tag}"
+    np.savez(base.with_suffix(".npz"), tokens=out["tokens"], images=out["images"], nfe=out["nfe"])
+    nrow = classes if labels is not None and args.label is None else int(np.ceil(np.sqrt(num)))
+    col_labels = [str(c) for c in range(min(classes, num))] if classes and args.label is None else None
+    caption = f"{_describe(run)}: {run.spec.data.levels} levels a pixel; {how}, NFE {out['nfe']}"
+    save_grid(base.with_suffix(".png"), out["images"], nrow, col_labels=col_labels, caption=caption)
+    print(
+        f"{num} images with the {how} sampler (NFE {out['nfe']}): {base.with_suffix('.npz')}, {base.with_suffix('.png')}"
+    )
 
 
 def _sample_flow(args: argparse.Namespace, run) -> None:
@@ -466,14 +532,38 @@ def _write_eval(workdir: str, result: dict, columns: list[tuple[str, str, int, s
     return result
 
 
+def _evaluate_tokens(args: argparse.Namespace, run) -> dict:
+    from fm_jax.train.token_eval import SAMPLER_DEFAULTS, evaluate_tokens
+
+    try:
+        result = evaluate_tokens(run, args.solvers or list(SAMPLER_DEFAULTS), _num(args, run), args.seed, True)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(f"{_describe(run)}, step {result['step']}, {result['num']} held-out images")
+    return _write_eval(
+        args.workdir,
+        result,
+        [("NFE", "nfe", 6, ".0f"), ("FD pixel", "fd_pixel", 9, ".3f"), ("marginal TV", "marginal_tv", 12, ".4f")],
+    )
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from fm_jax.train.evaluate import evaluate as run_eval
     from fm_jax.train.evaluate import evaluate_flow
+    from fm_jax.train.token_eval import parse_sampler
 
-    specs = [_solver(text, args.rtol, args.atol) for text in args.solvers]
     if args.num is not None and args.num < 2:
         raise SystemExit(f"--num must be at least 2 (W2 and MMD compare sample sets), got {args.num}.")
+    # Checked before the run is read: an ODE solver, or a discrete flow's sampler.
+    for text in args.solvers or []:
+        try:
+            parse_sampler(text)
+        except ValueError:
+            _solver(text, args.rtol, args.atol)
     run = _load(args)
+    if run.spec.method.model == "tokens":
+        return _evaluate_tokens(args, run)
+    specs = [_solver(text, args.rtol, args.atol) for text in args.solvers or EVAL_SOLVERS]
     if run.spec.data.image is not None:
         return _evaluate_images(args, run, specs)
     if args.guidance is not None:
@@ -504,14 +594,34 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
 
 
+def _token_nll(args: argparse.Namespace, run) -> dict:
+    from fm_jax.train.token_eval import token_nll
+
+    try:
+        report = token_nll(run, args.num, args.num_times, args.seed, progress=True)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    out = pathlib.Path(args.workdir) / "nll.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(
+        f"{_describe(run)}, step {report['step']}, {report['num']} held-out images: ELBO {report['nats']:.2f} nats, "
+        f"{report['bits_per_dim']:.4f} +- {report['bits_per_dim_se']:.4f} bits/dim (an upper bound; "
+        f"uniform: {report['uniform_bits_per_dim']:.4f}), {report['num_times']} time draws each"
+    )
+    print(f"wrote {out}")
+    return report
+
+
 def nll(args: argparse.Namespace) -> dict:
     from fm_jax.plots import plot_density
     from fm_jax.train.nll import density_grid, held_out_nll
 
-    spec = _solver(args.solver, args.rtol, args.atol)
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
     run = _load(args)
+    if run.spec.method.model == "tokens":
+        return _token_nll(args, run)
+    spec = _solver(args.solver, args.rtol, args.atol)
     if run.spec.data.image is not None:
         return _image_nll(args, run, spec)
     try:
@@ -650,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--config",
         required=True,
-        help="a packaged config (toy2d, images, cifar10_fm, cifar10_torchcfm) or an ml_collections get_config() file",
+        help="a packaged config (toy2d, images, tokens, cifar10_fm, cifar10_torchcfm) or an ml_collections get_config() file",
     )
     t.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and the checkpoints go")
     t.set_defaults(func=train)
@@ -660,7 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--solver",
         default=None,
-        help="an ODE solver (default dopri5), or with --diffusion an SDE solver (default euler)",
+        help="an ODE solver (default dopri5), with --diffusion an SDE solver (default euler); "
+        "discrete flows: euler (default) or unmask",
     )
     s.add_argument("--steps", type=int, default=None, help="fixed steps (default: adaptive)")
     s.add_argument(
@@ -670,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples (default {}; {} images for image runs)".format(*DEFAULT_NUM["sample"]),
     )
     s.add_argument("--label", type=int, default=None, help="class of every image (class-conditional image runs)")
+    s.add_argument(
+        "--corrector", type=float, default=0.0, help="discrete flows: the corrector's noise eta (euler, masked source)"
+    )
     s.add_argument(
         "--guidance",
         type=float,
@@ -690,8 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--solvers",
         nargs="+",
-        default=["dopri5", "euler:100", "euler:10", "euler:2"],
-        help="NAME (adaptive) or NAME:STEPS",
+        default=None,
+        help="NAME (adaptive) or NAME:STEPS (default: " + " ".join(EVAL_SOLVERS) + "); discrete flows: "
+        "euler:STEPS, euler:STEPS:ETA (the corrector) or unmask (default: euler:10 euler:100 unmask)",
     )
     e.add_argument(
         "--num",
@@ -714,6 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--solver", default="dopri5", help="NAME (adaptive) or NAME:STEPS")
     n.add_argument("--num", type=int, default=5000, help="held-out target points")
     n.add_argument("--grid", type=int, default=100, help="heat-map grid size for 2D runs (0: none)")
+    n.add_argument("--num-times", type=int, default=16, help="discrete flows: the ELBO's time draws per example")
     n.set_defaults(func=nll)
 
     i = add("info", help="what workdirs hold: method, data, steps, checkpoints, metrics, outputs")

@@ -129,6 +129,11 @@ def test_the_method_table_says_what_each_method_allows():
         if method.model == "flow":
             assert method.path is None and not method.has_score
             continue
+        if method.model == "tokens":  # a discrete flow: a mixture path over tokens, no score
+            assert method.path is None and not method.has_score and method.token_source in fm.discrete.SOURCES
+            loss = build_loss(method.name, LossSpec(vocab_size=17))
+            assert loss.path == fm.discrete.MixturePath(17, method.token_source)
+            continue
         # The score follows from the velocity only for a Gaussian path drawn independently of x1.
         independent = (
             method.coupling is not None and method.coupling(LossSpec(**method.defaults)) == fm.couplings.Independent()

@@ -48,7 +48,9 @@ __all__ = [
     "fingerprint",
     "info",
     "load_split",
+    "from_tokens",
     "preprocess",
+    "to_tokens",
     "to_unit",
 ]
 
@@ -375,6 +377,21 @@ def preprocess(key: jax.Array, images: jax.Array, *, flip: bool = False, dequant
         u = jax.random.uniform(noise_key, x.shape, jnp.float32)
         return -1.0 + 2.0 * (x + u) / 256.0
     return jnp.clip(x / 127.5 - 1.0, -1.0, 1.0)  # XLA divides by multiplying: 255 -> 1.0000001 unclipped
+
+
+def to_tokens(key: jax.Array, images: jax.Array, levels: int, *, flip: bool = False) -> jax.Array:
+    """uint8 images (b, H, W, C) -> int32 tokens (b, H W C) for a discrete flow: each pixel's level
+    round(v (levels - 1) / 255), which recovers digits' 17 grey levels (stored round(l 255 / 16))
+    exactly and binarizes at v > 127.5 with levels = 2; `flip` mirrors as `preprocess` does."""
+    x = preprocess(key, images, flip=flip, dequantize=False)
+    values = jnp.round((x + 1.0) * 127.5)
+    return jnp.round(values * (levels - 1) / 255.0).astype(jnp.int32).reshape(images.shape[0], -1)
+
+
+def from_tokens(tokens, levels: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """int tokens (b, H W C) of `levels` values -> uint8 images (b, H, W, C), level l at round(l 255 / (levels - 1))."""
+    values = np.rint(np.asarray(tokens, np.float64) * 255.0 / (levels - 1))
+    return np.clip(values, 0, 255).astype(np.uint8).reshape(-1, *shape)
 
 
 def to_unit(images_float) -> np.ndarray:

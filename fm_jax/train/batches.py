@@ -167,16 +167,18 @@ class ImageBatches(Batches):
             num_threads=d.num_threads,
         )
         self._next, self._positions = 0, {}
-        flip, dequantize = d.flip, d.dequantize
+        flip, dequantize, levels = d.flip, d.dequantize, spec.data.levels
 
         def one(key, step, image):
             k_x0, k_x1 = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), step))
+            if levels:  # a discrete flow's tokens; its loss draws the source itself
+                return {"x1": images.to_tokens(k_x1, image, levels, flip=flip)}
             x1 = images.preprocess(k_x1, image, flip=flip, dequantize=dequantize)
-            return jax.random.normal(k_x0, x1.shape, x1.dtype), x1
+            return {"x0": jax.random.normal(k_x0, x1.shape, x1.dtype), "x1": x1}
 
         def prepare(key, first_step, image, label):
-            x0, x1 = jax.vmap(one, in_axes=(None, 0, 0))(key, first_step + jnp.arange(self.calls), image)
-            return {"x0": x0, "x1": x1} | ({"label": label} if labels else {})
+            batch = jax.vmap(one, in_axes=(None, 0, 0))(key, first_step + jnp.arange(self.calls), image)
+            return batch | ({"label": label} if labels else {})
 
         self._prepare = jax.jit(prepare)
         self._prepare_sharded = jax.jit(prepare, out_shardings=self.sharding)

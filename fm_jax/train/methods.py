@@ -17,9 +17,15 @@ Adding a method is adding one entry to `METHODS`.
 | "nfm"     | ICFM(sigma)               | normalizing-flow teacher    | N(0, I) only | sigma 0.1         | Berthelot et al. 2026 |
 | "reflow"  | ICFM(sigma)               | flow-matching teacher's ODE | N(0, I) only | sigma 0.1         | Liu et al. 2023 |
 | "flow"    | -                         | -                           | -            | -                 | the NFM teacher: maximum likelihood |
+| "dfm_mask"    | MixturePath, masked source  | Independent               | tokens       | CE, linear kappa  | Gat et al. 2024; Shi et al. 2024 |
+| "dfm_uniform" | MixturePath, uniform source | Independent               | tokens       | CE, linear kappa  | Gat et al. 2024; Campbell et al. 2024 |
 
 "fastode" needs the network's `encode` (`fm_jax.models.CoupledField`); "nfm" and "reflow" a
 `TeacherCoupling` (`fm_jax.train.teachers`); "flow" trains a normalizing flow, not a field.
+The "dfm_*" methods (`model="tokens"`) are discrete flows (`fm_jax.discrete`): the data are
+tokens (an image's pixels quantized to `config.data.levels` values), the network a
+`Transformer` predicting the posterior p(x1 | x_t), the loss `dfm_loss` ("ce" or "kl",
+`config.dfm.objective`, with the scheduler `config.dfm.scheduler` t^n, n = `config.dfm.n`).
 
 Defaults: `Method.defaults` holds the config values a method needs where the config leaves
 them unset (`fm_jax.train.spec.resolve_defaults`): sigma 0.1 as in the OT-CFM paper's 2D
@@ -39,7 +45,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fm_jax import couplings, paths
+from fm_jax import couplings, discrete, paths
 from fm_jax.distillation import TeacherCoupling
 from fm_jax.losses import CFMLoss, FlowNLLLoss, cfm_loss, fast_ode_loss, flow_nll_loss
 from fm_jax.registry import Registry
@@ -62,6 +68,10 @@ class LossSpec:
     null_label: int | None = None
     beta: float = 1.0
     flow_noise: float = 0.0
+    vocab_size: int = 0
+    objective: str = "ce"
+    scheduler: str = "polynomial"
+    scheduler_n: float = 1.0
 
     def __post_init__(self) -> None:
         # An unset sigma (NaN in a config, `spec.resolve_defaults` fills it) must not reach a loss.
@@ -88,7 +98,9 @@ class Method:
         encoder: the network carries a Gaussian encoder q(x0 | x1) trained with the field.
         teacher: the kind of run the coupling distils: "flow" (a normalizing flow) or
             "field" (a flow-matching run); None for no teacher.
-        model: "field" (a velocity network) or "flow" (a normalizing flow, trained by likelihood).
+        model: "field" (a velocity network), "flow" (a normalizing flow, trained by likelihood)
+            or "tokens" (a discrete flow's posterior network over tokens).
+        token_source: the source of a discrete flow ("mask" or "uniform"; `fm_jax.discrete.SOURCES`).
         defaults: {config field: value} the method takes where the config leaves the field
             unset (see the module docstring); an explicit value always wins.
     """
@@ -102,6 +114,7 @@ class Method:
     encoder: bool = False
     teacher: str | None = None
     model: str = "field"
+    token_source: str | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"sigma": 0.0}, hash=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +132,19 @@ class Method:
         if self.path is None:
             raise ValueError(f"Method {self.name!r} trains a normalizing flow: it has no probability path.")
         return self.path(sigma)
+
+    def source_name(self, source: str) -> str:
+        """What a run of this method starts from, in words: the config's source, or a discrete
+        flow's ("mask tokens", "uniform tokens")."""
+        return source if self.token_source is None else f"{self.token_source} tokens"
+
+    def token_path(self, spec: LossSpec) -> discrete.MixturePath:
+        """A discrete method's mixture path over `spec.vocab_size` tokens."""
+        if self.token_source is None:
+            raise ValueError(f"Method {self.name!r} is not a discrete flow: it has no token path.")
+        scheduler = discrete.SCHEDULERS[spec.scheduler]
+        kappa = scheduler(spec.scheduler_n) if scheduler is discrete.Polynomial else scheduler()
+        return discrete.MixturePath(spec.vocab_size, self.token_source, kappa)
 
 
 def _independent(spec: LossSpec) -> couplings.Coupling:
@@ -165,6 +191,15 @@ for _method in (
     Method("nfm", "Berthelot et al. 2026", paths.ICFM, normal_source_only=True, teacher="flow", defaults=_SIGMA),
     Method("reflow", "Liu et al. 2023", paths.ICFM, normal_source_only=True, teacher="field", defaults=_SIGMA),
     Method("flow", "maximum likelihood (the NFM teacher)", None, model="flow"),
+    Method("dfm_mask", "Gat et al. 2024; Shi et al. 2024", None, _independent, model="tokens", token_source="mask"),
+    Method(
+        "dfm_uniform",
+        "Gat et al. 2024; Campbell et al. 2024",
+        None,
+        _independent,
+        model="tokens",
+        token_source="uniform",
+    ),
 ):
     METHODS.add(_method.name, _method)
 
@@ -183,7 +218,7 @@ def build_loss(
     *,
     encode: Callable | None = None,
     teacher: TeacherCoupling | None = None,
-) -> CFMLoss | FlowNLLLoss:
+) -> CFMLoss | FlowNLLLoss | discrete.DiscreteLoss:
     """The loss of a method with the settings `spec`, starting from `source`.
 
     "fastode" takes the network's `encode(params, x1, cond)`, "nfm" / "reflow" their `teacher`
@@ -192,8 +227,10 @@ def build_loss(
     method = get_method(method, source)
     if method.model == "flow":
         return flow_nll_loss(spec.flow_noise)
-    path = method.conditional_path(spec.sigma)
     cond = {"label_dropout": spec.label_dropout, "null_label": spec.null_label}
+    if method.model == "tokens":
+        return discrete.dfm_loss(method.token_path(spec), spec.objective, **cond)
+    path = method.conditional_path(spec.sigma)
     if method.encoder:
         if encode is None:
             raise ValueError(

@@ -31,7 +31,7 @@ import ml_collections
 
 from fm_jax import data
 from fm_jax.losses import check_label_dropout
-from fm_jax.models import unet
+from fm_jax.models import transformer, unet
 from fm_jax.models.flows import FLOW_FIELDS
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.methods import METHODS, LossSpec, Method, build_loss, get_method
@@ -100,13 +100,21 @@ class ImageData:
 class DataSpec:
     """What a run trains between: `source` and `target` specs (`fm_jax.data`), the shape of
     one example, an image dataset's settings (None for densities), and the number of classes
-    the network is conditioned on (0: unconditional)."""
+    the network is conditioned on (0: unconditional); for a discrete flow, the `levels` each
+    pixel is quantized to (its tokens: level = round(u (levels - 1) / 255) of the 8-bit value u;
+    0: not tokens)."""
 
     source: str
     target: str
     shape: tuple[int, ...]
     image: ImageData | None = None
     num_classes: int = 0
+    levels: int = 0
+
+    @property
+    def length(self) -> int:
+        """The number of values of one example (tokens of a discrete flow)."""
+        return math.prod(self.shape)
 
     @property
     def dir(self) -> str | None:
@@ -124,6 +132,11 @@ class DataSpec:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, method: Method) -> DataSpec:
+        if method.model == "tokens" and not data.is_image_spec(config.target):
+            raise ValueError(
+                f"Method {method.name!r} is a discrete flow over an image dataset's quantized pixels; the target "
+                f"is {config.target!r}: use a tfds:NAME target (--config tokens)."
+            )
         if not data.is_image_spec(config.target):
             source, _ = data.densities(config.source, config.target)  # names, point files (shape, NaN), dimensions
             if config.get("conditional", False):
@@ -152,7 +165,17 @@ class DataSpec:
             )
         if conditional and method.model == "flow":
             raise ValueError("The normalizing flows here are unconditional: set --config.conditional=false.")
-        return cls(config.source, config.target, tuple(info.shape), image, info.num_classes if conditional else 0)
+        levels = 0
+        if method.model == "tokens":
+            levels = d.get("levels", 0)
+            if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
+                raise ValueError(
+                    f"config.data.levels must be an integer in [2, 256] (the values a pixel token takes: 17 for "
+                    f"digits' grey levels, 2 for binarized MNIST), got {levels!r}."
+                )
+        return cls(
+            config.source, config.target, tuple(info.shape), image, info.num_classes if conditional else 0, levels
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +194,9 @@ class ModelSpec:
     unet: dict = dataclasses.field(default_factory=dict)
     flow: dict = dataclasses.field(default_factory=dict)
     encoder: dict | None = None
+    transformer: dict = dataclasses.field(default_factory=dict)
+    vocab_size: int = 0
+    num_states: int = 0
 
     @property
     def dropout(self) -> bool:
@@ -198,7 +224,23 @@ class ModelSpec:
             return cls("flow", shape, flow=flow)
         kind = config.model.get("kind", "mlp")
         NETWORKS[kind]  # a known kind, or the error that lists them
-        if data_spec.image is not None and kind != "unet":
+        if (kind == "transformer") != (method.model == "tokens"):
+            raise ValueError(
+                "A discrete flow (dfm_*) predicts tokens with --config.model.kind=transformer, and the transformer "
+                f"is for discrete flows only: method {method.name!r} with model.kind {kind!r} (--config tokens)."
+            )
+        if kind == "transformer":
+            settings = transformer.PRESETS[config.model.preset]
+            states = data_spec.levels + (method.token_source == "mask")
+            return cls(
+                "transformer",
+                (data_spec.length,),
+                classes,
+                transformer=settings,
+                vocab_size=data_spec.levels,
+                num_states=states,
+            )
+        if data_spec.image is not None and kind == "mlp":
             raise ValueError(f"The target {config.target!r} is an image dataset: use --config.model.kind=unet.")
         if data_spec.image is None and kind == "unet":
             raise ValueError(
@@ -416,6 +458,20 @@ class TeacherSpec:
         return cls(pathlib.Path(t.workdir).expanduser(), t.direction, solver, precompute)
 
 
+def _dfm_settings(config: ml_collections.ConfigDict, data_spec: DataSpec) -> dict:
+    """The LossSpec fields of a discrete flow: the vocabulary, `config.dfm` (objective, scheduler, n)."""
+    from fm_jax import discrete
+
+    dfm = config.get("dfm") or ml_collections.ConfigDict()
+    objective, scheduler, n = dfm.get("objective", "ce"), dfm.get("scheduler", "polynomial"), dfm.get("n", 1.0)
+    if objective not in discrete.OBJECTIVES:
+        raise ValueError(f"Unknown config.dfm.objective {objective!r}; choose one of {list(discrete.OBJECTIVES)}.")
+    discrete.SCHEDULERS[scheduler]  # a known name, or the error that lists them
+    if not n > 0:
+        raise ValueError(f"config.dfm.n (the polynomial scheduler's exponent) must be positive, got {n}.")
+    return {"vocab_size": data_spec.levels, "objective": objective, "scheduler": scheduler, "scheduler_n": float(n)}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """A whole training config, resolved and checked (see the module docstring)."""
@@ -451,6 +507,7 @@ class RunSpec:
             null_label=data_spec.num_classes or None,
             beta=config.get("beta", 1.0),
             flow_noise=config.flow.noise if method.model == "flow" else 0.0,
+            **(_dfm_settings(config, data_spec) if method.model == "tokens" else {}),
         )
         if method.encoder and not loss.beta > 0:
             raise ValueError(f"config.beta must be positive (the weight of fastode's KL term), got {loss.beta}.")
@@ -462,6 +519,11 @@ class RunSpec:
             if not config.flow.noise >= 0:
                 raise ValueError(f"config.flow.noise must be >= 0, got {config.flow.noise}.")
         check_label_dropout(config.get("label_dropout", 0.0))
+        if method.model == "tokens" and config.get("eval_every", 0):
+            raise ValueError(
+                "Periodic evaluation during training is for continuous flows: set --config.eval_every=0 "
+                "(`fm-jax eval` and `fm-jax nll` score a finished discrete run)."
+            )
         if method.coupling is not None:  # the loss is built once here, so that its own checks run before any compile
             build_loss(method, loss, config.source)
         teacher_spec = TeacherSpec.from_config(config, method) if method.teacher and teacher else None

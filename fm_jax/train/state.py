@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from fm_jax.models import MLP, CoupledField, Flow, GaussianEncoder, functional, unet
+from fm_jax.models import MLP, CoupledField, Flow, GaussianEncoder, Transformer, functional, unet
 from fm_jax.models.encoders import ImageEncoder
 from fm_jax.registry import Registry
 
@@ -57,10 +57,10 @@ class TrainState(NamedTuple):
 
 
 class _Network(NamedTuple):
-    """How a `config.model.kind` builds its velocity field and fastode's encoder from a `ModelSpec`."""
+    """How a `config.model.kind` builds its network and fastode's encoder (None: none) from a `ModelSpec`."""
 
     field: Callable[[ModelSpec, nnx.Rngs], nnx.Module]
-    encoder: Callable[[ModelSpec, nnx.Rngs], nnx.Module]
+    encoder: Callable[[ModelSpec, nnx.Rngs], nnx.Module] | None
 
 
 NETWORKS: Registry[_Network] = Registry(
@@ -75,6 +75,13 @@ NETWORKS: Registry[_Network] = Registry(
         "unet": _Network(
             lambda m, rngs: unet.UNet(m.shape, num_classes=m.num_classes, **m.unet, rngs=rngs),
             lambda m, rngs: ImageEncoder(m.shape, m.encoder["preset"], m.num_classes, rngs=rngs),
+        ),
+        # A discrete flow's posterior network over the tokens (no encoder: no learned coupling).
+        "transformer": _Network(
+            lambda m, rngs: Transformer(
+                m.num_states, m.vocab_size, m.shape[0], num_classes=m.num_classes, **m.transformer, rngs=rngs
+            ),
+            None,
         ),
     },
 )

@@ -186,8 +186,8 @@ def couple_in_groups(coupling: Coupling, key: jax.Array, batch: dict, group: int
 
 def split_coupling(loss: CFMLoss | FlowNLLLoss) -> tuple[Coupling, CFMLoss | FlowNLLLoss]:
     """(the loss's coupling, the loss regressing on the pairs as given): the step couples the
-    sharded batch itself. A normalizing flow's likelihood sees the data alone."""
-    if isinstance(loss, FlowNLLLoss):
+    sharded batch itself. A normalizing flow's likelihood and a discrete flow's loss see the data alone."""
+    if not isinstance(loss, CFMLoss):
         return Independent(), loss
     return loss.coupling, dataclasses.replace(loss, coupling=Independent())
 

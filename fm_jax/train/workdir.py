@@ -81,6 +81,14 @@ def load_run(workdir: str | pathlib.Path, params: str = "ema") -> Run:
     )
 
 
+def _source_name(config: ml_collections.ConfigDict) -> str | None:
+    """The config's source in words (a discrete flow's: "mask tokens"); as saved when the method is unknown."""
+    from fm_jax.train.methods import METHODS
+
+    method = METHODS.get(config.get("method", ""))
+    return config.get("source") if method is None else method.source_name(config.get("source"))
+
+
 def _last_json_line(path: pathlib.Path) -> dict | None:
     lines = path.read_text().splitlines() if path.is_file() else []
     return json.loads(lines[-1]) if lines and lines[-1].strip() else None
@@ -108,7 +116,7 @@ def describe(workdir: str | pathlib.Path) -> dict:
     return {
         "workdir": str(workdir),
         "method": config.get("method"),
-        "source": config.get("source"),
+        "source": _source_name(config),
         "target": config.get("target"),
         "conditional": bool(config.get("conditional", False)),
         "num_steps": config.get("num_steps"),
