@@ -43,6 +43,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench/ot_overhead.py
 	$(BIN)/python experiments/bench/large_batch.py
 	$(BIN)/python experiments/bench/inception.py
+	$(BIN)/python experiments/bench/discrete_step.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -264,6 +264,38 @@ def test_unet_bench_figures_follow_from_the_step_times(tmp_path, monkeypatch):
     assert (row["bare_images_per_s"], row["loss_images_per_s"]) == pytest.approx((200.0, 80.0))  # 4 images a step
 
 
+def test_discrete_bench_compares_the_loss_step_with_the_bare_one_and_times_the_samplers(tmp_path, monkeypatch):
+    module = bench("discrete_step", monkeypatch)
+    monkeypatch.setattr(
+        module.unet_step, "median_call_seconds", lambda steps, carries, calls: {"bare": 0.04, "loss": 0.05}
+    )
+    out = tmp_path / "discrete.json"
+    result = module.main(
+        [
+            "--preset",
+            "tiny",
+            "--length",
+            "6",
+            "--levels",
+            "3",
+            "--batch",
+            "4",
+            "--calls",
+            "1",
+            "--steps",
+            "2",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text())["train_step"] == result["train_step"]
+    row = result["train_step"]
+    assert row["loss_over_bare_time"] == pytest.approx(1.25) and row["loss_sequences_per_s"] == pytest.approx(80.0)
+    assert [(s["sampler"], s["nfe"]) for s in result["sampling"]] == [("euler", 2), ("euler", 5), ("unmask", 6)]
+    assert all(s["sequences_per_s"] > 0 for s in result["sampling"])
+
+
 def test_unet_bench_times_each_step_by_its_median_call(monkeypatch):
     module = bench("unet_step", monkeypatch)
 
