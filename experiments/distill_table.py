@@ -88,6 +88,7 @@ def image_columns(args) -> tuple[list[str], list[str]]:
 def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **extra) -> float:
     """Train one model into `workdir`; its training steps/s."""
     source, target = task.split(":", 1) if not data.is_image_spec(task) else ("normal", task)
+    calls = 1 if data.is_image_spec(task) else min(100, args.steps)  # steps per call
     overrides = {
         "method": method,
         "source": source,
@@ -96,10 +97,10 @@ def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **
         "sigma": 0.0,
         "num_steps": args.steps,
         "batch_size": args.batch,
-        "steps_per_call": min(100, args.steps),
+        "steps_per_call": calls,
         "log_every": args.steps,
-        # Kept runs resume from their last checkpoint, a quarter of the steps at most behind.
-        "checkpoint_every": max(args.steps // 4, 1) if args.keep else args.steps,
+        # Kept runs resume from their last checkpoint, about a quarter of the steps at most behind.
+        "checkpoint_every": max(args.steps // 4 // calls, 1) * calls if args.keep else args.steps,
         "beta": args.beta,
         "flow.num_layers": args.flow_layers,
         "teacher.rtol": 1e-4,
@@ -107,7 +108,6 @@ def train_run(workdir: pathlib.Path, method: str, task: str, seed: int, args, **
     }
     if data.is_image_spec(task):
         overrides |= {
-            "steps_per_call": 1,
             "model.preset": args.preset,
             "encoder.preset": "tiny",
             "flow.kind": "tarflow",

@@ -618,10 +618,10 @@ def nll(args: argparse.Namespace) -> dict:
 
     if args.num < 2 or args.num_probes < 1:
         raise SystemExit(f"--num must be at least 2 and --num-probes at least 1, got {args.num} and {args.num_probes}.")
+    spec = _solver(args.solver, args.rtol, args.atol)  # checked before the run is read (a discrete run ignores it)
     run = _load(args)
     if run.spec.method.model == "tokens":
         return _token_nll(args, run)
-    spec = _solver(args.solver, args.rtol, args.atol)
     if run.spec.data.image is not None:
         return _image_nll(args, run, spec)
     try:
