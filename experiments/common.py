@@ -18,6 +18,7 @@ module name with their folder on `sys.path`; either way a script puts the reposi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -157,6 +158,33 @@ def train_rate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
     (compilation and checkpoint writes left out)."""
     train(config, workdir, progress=False)
     return json.loads((pathlib.Path(workdir) / "summary.json").read_text())["steps_per_s"]
+
+
+@functools.cache
+def inception():
+    """The one Inception FID of a table script (the cached standard weights, converted on first use)."""
+    from fm_jax.train.inception_fid import InceptionFID, default_weights
+
+    return InceptionFID(default_weights(progress=True))
+
+
+def image_reports(run, solvers: Sequence[str], fid_solvers: Sequence[str], num: int, seed: int = 0) -> dict:
+    """`evaluate_images`'s row per solver of an image run, with the Inception FID at `fid_solvers`
+    only: those are evaluated first with the Inception, the rest without (the same seed gives
+    the same samples of a solver in either call)."""
+    from fm_jax.solvers import SolverSpec
+    from fm_jax.train.image_eval import evaluate_images
+
+    with_fid = [s for s in solvers if s in fid_solvers]
+    report = {}
+    for names, scorer in (
+        (with_fid, inception() if with_fid else None),
+        ([s for s in solvers if s not in with_fid], None),
+    ):
+        if names:
+            specs = [SolverSpec.parse(s) for s in names]
+            report |= evaluate_images(run, specs, num, seed=seed, inception=scorer)["solvers"]
+    return report
 
 
 CELL = "cell.json"  # a finished model's measurements, in its workdir

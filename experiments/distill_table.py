@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import pathlib
 import sys
@@ -54,8 +53,7 @@ from fm_jax.data import images
 from fm_jax.plots import plot_flow, save_grid
 from fm_jax.solvers import SolverSpec
 from fm_jax.train.evaluate import evaluate, evaluate_flow, reference_w2_sq
-from fm_jax.train.image_eval import evaluate_images, image_nll
-from fm_jax.train.inception_fid import InceptionFID, default_weights
+from fm_jax.train.image_eval import image_nll
 from fm_jax.train.nll import held_out_nll
 from fm_jax.train.state import model_method
 from fm_jax.train.workdir import load_run
@@ -124,13 +122,7 @@ def measure_images(run, seed: int, args) -> dict:
     """FD and W2 at every solver, the Inception FID at `--fid-solvers` (a flow, which samples in
     one shot, at the first only: its FID stands for every solver), bits/dim and Dopri5's path."""
     fid_solvers = args.fid_solvers[:1] if run.spec.method.model == "flow" else args.fid_solvers
-    rest = [s for s in SOLVERS if s not in fid_solvers]
-    report = {}
-    # The same seed gives the same samples of each solver in either call.
-    for names, inception in ((fid_solvers, _inception() if fid_solvers else None), (rest, None)):
-        if names:
-            specs = [SolverSpec.parse(s) for s in names]
-            report |= evaluate_images(run, specs, args.num, seed=seed, inception=inception)["solvers"]
+    report = common.image_reports(run, SOLVERS, fid_solvers, args.num, seed)
     nll = image_nll(run, args.num, divergence="hutchinson", seed=seed)
     dopri = report["dopri5"]
     fids = {f"fid_{spec}": row["fid"] for spec, row in report.items() if "fid" in row}
@@ -147,12 +139,6 @@ def measure_images(run, seed: int, args) -> dict:
             "kl": nll["bits_per_dim"],
         }
     )
-
-
-@functools.cache
-def _inception() -> InceptionFID:
-    """The one Inception of the table (the cached standard weights, converted on first use)."""
-    return InceptionFID(default_weights(progress=True))
 
 
 def measure(workdir: pathlib.Path, seed: int, w2_sq: float, args) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import pathlib
 import sys
@@ -31,8 +30,7 @@ import tempfile
 from fm_jax.data import images
 from fm_jax.plots import save_grid
 from fm_jax.solvers import SolverSpec
-from fm_jax.train.image_eval import evaluate_images, image_nll, sample_images
-from fm_jax.train.inception_fid import InceptionFID, default_weights
+from fm_jax.train.image_eval import image_nll, sample_images
 from fm_jax.train.workdir import load_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root, for `experiments`
@@ -40,12 +38,6 @@ from experiments import common
 
 METHODS = ("icfm", "otcfm", "fm", "fm_vp")
 SOLVERS = ("dopri5", "euler:10", "euler:2")
-
-
-@functools.cache
-def _inception() -> InceptionFID:
-    """The one Inception of the table (the cached standard weights, converted on first use)."""
-    return InceptionFID(default_weights(progress=True))
 
 
 def run_cell(dataset: str, method: str, args) -> dict:
@@ -84,15 +76,7 @@ def train_cell(dataset: str, method: str, args, workdir: pathlib.Path) -> float:
 
 def measure(workdir: pathlib.Path, dataset: str, method: str, args) -> dict:
     run = load_run(workdir)
-    report = {}
-    # The FID solvers first, with the Inception; the same seed gives the same samples either way.
-    fid_solvers = [s for s in args.solvers if s in args.fid_solvers]
-    rest = [s for s in args.solvers if s not in fid_solvers]
-    for names, inception in ((fid_solvers, _inception() if fid_solvers else None), (rest, None)):
-        if names:
-            report |= evaluate_images(run, [SolverSpec.parse(s) for s in names], args.num, inception=inception)[
-                "solvers"
-            ]
+    report = common.image_reports(run, args.solvers, args.fid_solvers, args.num)
     first = SolverSpec.parse(args.solvers[0])
     nll = image_nll(run, args.num, divergence=args.divergence, solver=first)
     if args.grids:
@@ -126,7 +110,9 @@ def markdown(table: dict, machine: str, args) -> str:
     heads += [f"W2 {solver_name(args.solvers[0])}", "NPE", "curvature", "steps/s"]
     lines = [
         f"Images: {args.steps} steps at batch {args.batch}, U-Net preset {args.preset}; "
-        f"{args.num} held-out test images (FID: {args.num} samples against the training split); "
+        f"{args.num} held-out test images"
+        + (f" (FID: {args.num} samples against the training split)" if fid_solvers else "")
+        + "; "
         f"bits/dim with the {args.divergence} divergence; {machine}.",
         "",
         "| dataset | method | " + " | ".join(heads) + " |",

@@ -68,7 +68,7 @@ def test_images_table_trains_evaluates_and_writes_json_and_markdown(tmp_path, mo
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "experiments"))
     module = importlib.import_module("images_table")
     inception = CountingInception()
-    monkeypatch.setattr(module, "_inception", lambda: inception)
+    monkeypatch.setattr(module.common, "inception", lambda: inception)
     out = tmp_path / "images.json"
     args = [
         "--datasets",
