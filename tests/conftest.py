@@ -11,18 +11,24 @@ import pytest
 # single-device ones (mesh.num_devices=1) in one process. Unsharded code runs on device 0.
 jax.config.update("jax_num_cpu_devices", 8)
 # Many tests compile the same programs (a train step built again by each run of a config):
-# a compilation cache shared by the pytest workers of one session compiles each once.
-# JAX_COMPILATION_CACHE_DIR overrides the place; the cache never changes results.
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get(
-        "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_cache_{os.getuid()}")
-    ),
+# a compilation cache shared by the pytest workers of one session compiles each once. It is
+# set in the environment too, so that the `fm-jax` subprocesses of the tests (resume, faults,
+# multi-process runs) read and fill the same cache. JAX_COMPILATION_CACHE_DIR overrides the
+# place; the cache never changes results.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_cache_{os.getuid()}")
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
+)
 # The FID weights and reference statistics (fm_jax.train.inception_fid) of the tests stay out of ~/.cache.
 os.environ.setdefault("FM_JAX_CACHE", str(pathlib.Path(tempfile.gettempdir()) / f"fm_jax_test_fid_{os.getuid()}"))
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import fm_jax as fm  # noqa: E402 (after the cache settings, which must precede any compile)
 

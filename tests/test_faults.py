@@ -18,6 +18,7 @@ import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -138,6 +139,43 @@ def test_single_bit_flips_never_load_changed_values(tmp_path, reference):
             assert run.step == 40
             found += 1
     assert found >= 6  # most flips land in the arrays' chunks
+
+
+def test_checksums_on_the_host_equal_those_of_the_devices_and_catch_every_bit_flip():
+    """A process that holds its arrays whole sums them on the host, a multi-process run on the
+    devices: both must give the same numbers for every dtype and layout, or a checkpoint written
+    by one would be found damaged by the other."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from fm_jax.train import checkpoints
+
+    key = jax.random.key(0)
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    with jax.enable_x64(True):
+        leaves = [
+            jax.random.normal(key, (3, 5, 7)),
+            jax.random.normal(key, (6, 4), jnp.float64),
+            jax.random.normal(key, (64, 8)).astype(jnp.bfloat16),
+            jnp.ones((5,), jnp.float16),
+            jnp.arange(-5, 6, dtype=jnp.int32),
+            jnp.arange(300, dtype=jnp.uint32).astype(jnp.uint8),
+            jnp.array([True, False, True]),
+            jnp.float32(3.5),
+            jax.device_put(jax.random.normal(key, (16, 4)), NamedSharding(mesh, PartitionSpec("d"))),
+        ]
+        for x in leaves:
+            host, finite = checkpoints._host_sums(np.asarray(x))
+            device, device_finite = jax.device_get(checkpoints._device_sums(x))
+            assert host.tolist() == device.tolist() and finite and device_finite, x.dtype
+            bits = np.asarray(x).copy().reshape(-1).view(np.uint8)
+            for position in (0, bits.size // 2, bits.size - 1):
+                flipped = bits.copy()
+                flipped[position] ^= 1 << (0 if x.dtype == jnp.bool_ else position % 8)  # a bool is its low bit
+                changed = flipped.view(np.asarray(x).dtype).reshape(np.shape(x))
+                assert checkpoints._host_sums(changed)[0][0] != host[0], (x.dtype, position)
+    sums, finite = checkpoints.checksums({"a": leaves[0], "b": [leaves[2], leaves[-1]]})
+    assert finite and sorted(sums) == ["['a']", "['b'][0]", "['b'][1]"]
+    assert not checkpoints.checksums({"a": jnp.array([1.0, jnp.inf], jnp.bfloat16)})[1]
 
 
 def test_a_nonfinite_state_is_never_checkpointed(tmp_path, reference):

@@ -14,8 +14,9 @@ last `keep` are kept. A checkpoint holds four items:
   values}}; older checkpoints hold {"losses": values}), so that a resumed run logs the same
   means as one never interrupted.
 - `checksums/`: two 32-bit position-weighted sums of the raw bits of every array of the state
-  (computed on the devices, on the global arrays, so every process of a multi-process run
-  gets the same numbers), and the SHA-256 of the two JSON items. Any single bit flip in a
+  (on the host where this process holds the arrays whole; on the devices, on the global arrays,
+  in a multi-process run, so every process gets the same numbers; both give the same sums),
+  and the SHA-256 of the two JSON items. Any single bit flip in a
   restored array changes the first sum (its weights are odd, so a flip of bit k at element i
   adds +-2^k w_i != 0 mod 2^32); a decoder that returns changed values without an error is
   caught here.
@@ -85,7 +86,11 @@ def _bits(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes: a trailing axis of 2 words
 
 
-def _leaf_sums(x: jax.Array) -> jax.Array:
+@jax.jit
+def _device_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """([sum1, sum2], all finite) of one global array, on its devices: one small program per
+    (shape, dtype, sharding), shared by the params, the optimizer moments and the EMA (one
+    program for the whole tree took ~10 s to compile on a CPU for a tiny U-Net's state)."""
     bits = _bits(x)
     index = jnp.zeros(bits.shape, jnp.uint32)
     stride = np.uint32(1)
@@ -93,21 +98,41 @@ def _leaf_sums(x: jax.Array) -> jax.Array:
         index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * stride
         stride = np.uint32(stride * np.uint32(bits.shape[axis]))
     w1, w2 = index * _W1 | 1, (index ^ np.uint32(0x9E3779B9)) * _W2 | 1
-    return jnp.stack([jnp.sum(bits * w1, dtype=jnp.uint32), jnp.sum((bits ^ (bits >> 15)) * w2, dtype=jnp.uint32)])
+    sums = jnp.stack([jnp.sum(bits * w1, dtype=jnp.uint32), jnp.sum((bits ^ (bits >> 15)) * w2, dtype=jnp.uint32)])
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+    return sums, finite
 
 
-@jax.jit
-def _tree_sums(tree):
-    leaves = jax.tree.leaves(tree)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]))
-    return jax.tree.map(_leaf_sums, tree), finite
+def _host_sums(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """`_device_sums` of an array on the host, the same numbers (uint32 arithmetic wraps mod 2^32
+    in NumPy as in XLA; the row-major index of a C-ordered array is its flat position)."""
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        bits = x.astype(np.uint32).ravel()
+    elif x.dtype.itemsize < 4:
+        bits = x.view({1: np.uint8, 2: np.uint16}[x.dtype.itemsize]).astype(np.uint32).ravel()
+    else:
+        bits = x.view(np.uint32).ravel()  # 8 bytes: each element's two words in order, as bitcast gives them
+    index = np.arange(bits.size, dtype=np.uint32)
+    w1, w2 = index * _W1 | 1, (index ^ np.uint32(0x9E3779B9)) * _W2 | 1
+    sums = np.array([np.sum(bits * w1, dtype=np.uint32), np.sum((bits ^ (bits >> 15)) * w2, dtype=np.uint32)])
+    finite = bool(np.all(np.isfinite(x))) if jnp.issubdtype(x.dtype, jnp.inexact) else True  # bfloat16 too
+    return sums, finite
 
 
 def checksums(tree: Any) -> tuple[dict[str, list[int]], bool]:
-    """({leaf path: [sum1, sum2]}, whether every float is finite) of a tree of (global) arrays."""
-    sums, finite = _tree_sums(tree)
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(sums))[0]
-    return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(value)] for path, value in flat}, bool(finite)
+    """({leaf path: [sum1, sum2]}, whether every float is finite) of a tree of (global) arrays.
+
+    Arrays this process holds whole are summed on the host (no compile: a CLI command that
+    reads a checkpoint starts at once); a multi-process run's global arrays on their devices
+    (`_device_sums`), so that every process gets the same numbers. Both give the same sums."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if all(getattr(x, "is_fully_addressable", True) for _, x in flat):
+        out = [_host_sums(np.asarray(x)) for _, x in flat]
+    else:
+        out = jax.device_get([_device_sums(x) for _, x in flat])
+    sums = {jax.tree_util.keystr(path): [int(v) for v in np.asarray(s)] for (path, _), (s, _) in zip(flat, out)}
+    return sums, all(bool(finite) for _, finite in out)
 
 
 def _digest(obj: Any) -> str:
