@@ -153,6 +153,28 @@ def test_the_samplers_reproduce_a_factorized_target(source, method, corrector):
     assert tv(samples, MARGINALS, K) < 0.02
 
 
+@pytest.mark.parametrize(
+    "source, method, corrector",
+    [("mask", "euler", 0.0), ("mask", "euler", 2.0), ("mask", "unmask", 0.0), ("uniform", "euler", 0.0)],
+)
+def test_stopped_at_t1_the_samplers_give_the_paths_marginal_there(source, method, corrector):
+    """At t1 < 1 the tokens are the path's marginal: masked with probability 1 - kappa(t1) (or
+    uniform noise), else the data's value. The corrector's extra unmasking and its remasking
+    must balance for the masked share to stay 1 - kappa at every t: only an intermediate time
+    can check its rates, as its final law is exact whatever they are."""
+    path = dfm.MixturePath(K, source, dfm.Polynomial(1.5))
+    n, t1 = 20_000, 0.6
+    x0 = path.draw_source(jax.random.key(7), (n, L))
+    run = jax.jit(lambda key: dfm.sample(factorized_posterior(path), x0, path, key, 200, method, corrector, t1))
+    samples = np.asarray(run(jax.random.key(8)).x1)
+    kappa = float(path.scheduler(t1))
+    if source == "mask":
+        expected = np.concatenate([kappa * MARGINALS, np.full((L, 1), 1.0 - kappa)], axis=1)  # mask id K last
+    else:
+        expected = kappa * MARGINALS + (1.0 - kappa) / K
+    assert tv(samples, expected, expected.shape[1]) < 0.02
+
+
 @pytest.mark.parametrize("method, corrector", [("euler", 0.0), ("euler", 0.5), ("unmask", 0.0)])
 def test_the_samplers_reproduce_a_joint_target_from_its_exact_posterior(method, corrector):
     path = dfm.MixturePath(JOINT_K, "mask")
@@ -223,6 +245,9 @@ def test_bad_input_is_named():
         )
     with pytest.raises(ValueError, match="corrector is implemented"):
         dfm.sample(None, jnp.zeros((2, 3), jnp.int32), dfm.MixturePath(K, "uniform"), jax.random.key(0), corrector=1.0)
+    for t1 in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"t1 must be a number in \(0, 1\]"):
+            dfm.sample(None, jnp.zeros((2, 3), jnp.int32), path, jax.random.key(0), t1=t1)
     with pytest.raises(ValueError, match="logits of shape"):
         dfm.posterior_probs(path, jnp.zeros((2, 3, K + 1)), jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(TypeError, match="integer token ids"):

@@ -1,7 +1,7 @@
 """Samplers of discrete flows, with the network calls counted.
 
 `sample(posterior, x0, path, key, steps=N, method=..., corrector=eta)` draws tokens at t = 1
-from tokens x0 at t = 0, where `posterior(t, x_t) -> logits (batch, L, K)` predicts
+(or at any t1 < 1: the path's marginal there) from tokens x0 at t = 0, where `posterior(t, x_t) -> logits (batch, L, K)` predicts
 p_{1|t}(x1 | x_t) (a trained network, or an exact posterior in the tests). Returns
 `DiscreteSample(x1, nfe)`.
 
@@ -51,17 +51,18 @@ def _draw(key: jax.Array, probs: jax.Array) -> jax.Array:
 
 
 def _euler(
-    posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array, steps: int, corrector: float
+    posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array, steps: int, corrector: float, t1: float
 ) -> tuple[jax.Array, jax.Array]:
     batch = x0.shape[0]
-    grid = jnp.linspace(0.0, 1.0, steps + 1)
+    grid = jnp.linspace(0.0, t1, steps + 1)
+    ends = t1 == 1.0  # the last step reaches the data: every token jumps, none is masked again
 
     def step(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         x, key = carry
         key, k_jump, k_draw, k_back = jax.random.split(key, 4)
         t, t_next = grid[k], grid[k + 1]
         probs = posterior_probs(path, posterior(jnp.full((batch,), t), x), x)
-        last = k == steps - 1
+        last = (k == steps - 1) & ends
         eta = jnp.where(last, 0.0, corrector)
         kappa, kappa_next = path.scheduler(t), path.scheduler(t_next)
         # The forward rate c (1 + eta) integrated over the step: 1 - ((1 - kappa') / (1 - kappa))^(1 + eta).
@@ -81,7 +82,9 @@ def _euler(
     return x, jnp.asarray(steps, jnp.int32)
 
 
-def _unmask(posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _unmask(
+    posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Array, t1: float
+) -> tuple[jax.Array, jax.Array]:
     batch, length = x0.shape
     k_times, k_draws = jax.random.split(key)
     # Each token's reveal time; tokens not masked in x0 count as revealed at t = 0.
@@ -95,7 +98,8 @@ def _unmask(posterior: Posterior, x0: jax.Array, path: MixturePath, key: jax.Arr
         t = tau[rows, position]
         probs = posterior_probs(path, posterior(t, x), x)
         token = _draw(jax.random.fold_in(k_draws, k), probs[rows, position])
-        return x.at[rows, position].set(jnp.where(x[rows, position] == path.mask_id, token, x[rows, position]))
+        reveal = (x[rows, position] == path.mask_id) & (t <= t1)  # a token due after t1 stays masked
+        return x.at[rows, position].set(jnp.where(reveal, token, x[rows, position]))
 
     return jax.lax.fori_loop(0, length, reveal, x0), jnp.asarray(length, jnp.int32)
 
@@ -108,8 +112,9 @@ def sample(
     steps: int = 100,
     method: str = "euler",
     corrector: float = 0.0,
+    t1: float = 1.0,
 ) -> DiscreteSample:
-    """Tokens at t = 1 from tokens `x0` (batch, L) at t = 0 (the module docstring).
+    """Tokens at t = t1 (1: the data) from tokens `x0` (batch, L) at t = 0 (the module docstring).
 
     Args:
         posterior: `posterior(t, x_t) -> logits (batch, L, K)`, t of shape (batch,).
@@ -119,6 +124,9 @@ def sample(
         steps: "euler": the number of steps N (the NFE); "unmask" makes L calls whatever it is.
         method: "euler" or "unmask" (`METHODS`).
         corrector: eta >= 0, the corrector's noise ("euler", masked source).
+        t1: where to stop, in (0, 1]; below 1 the tokens are a draw of the path's marginal at t1
+            (some still masked or noise): "euler" takes its N steps on [0, t1], "unmask" reveals
+            the tokens whose reveal time is at most t1.
 
     Returns:
         DiscreteSample(x1, nfe).
@@ -132,10 +140,12 @@ def sample(
         raise ValueError(f"corrector (eta) must be non-negative, got {corrector}.")
     if corrector > 0 and (path.source != "mask" or method != "euler"):
         raise ValueError('The corrector is implemented for the "euler" sampler of the masked source.')
+    if not (isinstance(t1, (int, float)) and 0.0 < t1 <= 1.0):
+        raise ValueError(f"t1 must be a number in (0, 1] (where the sampler stops; 1 is the data), got {t1!r}.")
     if method == "unmask":
         if path.source != "mask":
             raise ValueError(f'The "unmask" sampler needs the masked source; this path\'s is {path.source!r}.')
-        return DiscreteSample(*_unmask(posterior, x0.astype(jnp.int32), path, key))
+        return DiscreteSample(*_unmask(posterior, x0.astype(jnp.int32), path, key, float(t1)))
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer (the number of Euler steps), got {steps!r}.")
-    return DiscreteSample(*_euler(posterior, x0.astype(jnp.int32), path, key, steps, float(corrector)))
+    return DiscreteSample(*_euler(posterior, x0.astype(jnp.int32), path, key, steps, float(corrector), float(t1)))
