@@ -220,7 +220,7 @@ def sample(args: argparse.Namespace) -> None:
     if spec is None:
         raise SystemExit("--solver unmask is the sampler of discrete flows (dfm_mask runs).")
     if args.corrector:
-        raise SystemExit("--corrector is for discrete flows (dfm_mask runs).")
+        raise SystemExit("--corrector is for discrete flows (dfm_mask and dfm_uniform runs).")
     if sde and not (run.spec.method.has_score and run.spec.data.source == "normal"):
         from fm_jax.train.methods import METHODS
 
@@ -782,7 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--label", type=int, default=None, help="class of every image (class-conditional image runs)")
     s.add_argument(
-        "--corrector", type=float, default=0.0, help="discrete flows: the corrector's noise eta (euler, masked source)"
+        "--corrector",
+        type=float,
+        default=0.0,
+        help="discrete flows: the corrector's noise eta (euler; masked or uniform source)",
     )
     s.add_argument(
         "--guidance",

@@ -139,7 +139,13 @@ def test_the_losses_are_minimal_at_the_exact_posterior_with_their_analytic_value
 
 @pytest.mark.parametrize(
     "source, method, corrector",
-    [("mask", "euler", 0.0), ("mask", "euler", 1.0), ("mask", "unmask", 0.0), ("uniform", "euler", 0.0)],
+    [
+        ("mask", "euler", 0.0),
+        ("mask", "euler", 1.0),
+        ("mask", "unmask", 0.0),
+        ("uniform", "euler", 0.0),
+        ("uniform", "euler", 1.0),
+    ],
 )
 def test_the_samplers_reproduce_a_factorized_target(source, method, corrector):
     path = dfm.MixturePath(K, source, dfm.Polynomial(1.5))
@@ -155,7 +161,13 @@ def test_the_samplers_reproduce_a_factorized_target(source, method, corrector):
 
 @pytest.mark.parametrize(
     "source, method, corrector",
-    [("mask", "euler", 0.0), ("mask", "euler", 2.0), ("mask", "unmask", 0.0), ("uniform", "euler", 0.0)],
+    [
+        ("mask", "euler", 0.0),
+        ("mask", "euler", 2.0),
+        ("mask", "unmask", 0.0),
+        ("uniform", "euler", 0.0),
+        ("uniform", "euler", 2.0),
+    ],
 )
 def test_stopped_at_t1_the_samplers_give_the_paths_marginal_there(source, method, corrector):
     """At t1 < 1 the tokens are the path's marginal: masked with probability 1 - kappa(t1) (or
@@ -243,8 +255,10 @@ def test_bad_input_is_named():
         dfm.sample(
             None, jnp.zeros((2, 3), jnp.int32), dfm.MixturePath(K, "uniform"), jax.random.key(0), method="unmask"
         )
-    with pytest.raises(ValueError, match="corrector is implemented"):
-        dfm.sample(None, jnp.zeros((2, 3), jnp.int32), dfm.MixturePath(K, "uniform"), jax.random.key(0), corrector=1.0)
+    with pytest.raises(ValueError, match="corrector is implemented.*source 'data'"):
+        dfm.sample(None, jnp.zeros((2, 3), jnp.int32), dfm.MixturePath(K, "data"), jax.random.key(0), corrector=1.0)
+    with pytest.raises(ValueError, match="corrector is implemented.*method 'unmask'"):
+        dfm.sample(None, jnp.zeros((2, 3), jnp.int32), path, jax.random.key(0), method="unmask", corrector=1.0)
     for t1 in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"t1 must be a number in \(0, 1\]"):
             dfm.sample(None, jnp.zeros((2, 3), jnp.int32), path, jax.random.key(0), t1=t1)

@@ -11,11 +11,15 @@ p_{1|t}(x1 | x_t) (a trained network, or an exact posterior in the tests). Retur
   kappa' / (1 - kappa) integrated over the step; `MixturePath.jump_probability`) to a token
   drawn from p_{1|t}(. | x_t), which may be its own value. Every token has jumped by the last
   step, whose probability is 1. NFE = N.
-- The corrector (`corrector` = eta > 0, masked source; Gat et al. 2024, Sec. 2.5, with the
-  backward velocity of Campbell et al. 2024's detailed-balance noise): the forward rate is
-  scaled by 1 + eta and unmasked tokens are masked again at rate eta kappa' / kappa, which
-  leaves the marginals of the exact posterior's path unchanged and lets later, better
-  informed steps revise early choices. The last step has no remasking. NFE = N.
+- The corrector (`corrector` = eta > 0, masked or uniform source; Gat et al. 2024, Sec. 2.5,
+  with the backward velocity of Campbell et al. 2024's detailed-balance noise): the velocity
+  (1 + eta) u_fwd - eta u_bwd, where for the mixture path p_t = (1 - kappa) p_0 + kappa
+  delta_{x1} the forward velocity is kappa' / (1 - kappa) (delta_{x1} - delta_x) and the
+  backward one kappa' / kappa (delta_x - p_0). Both satisfy the path's Kolmogorov equation, so
+  the mix keeps the exact posterior's marginals at every t: the forward rate is scaled by
+  1 + eta, and every token is redrawn from the source at rate eta kappa' / kappa (masked
+  again; or a uniform token), which lets later, better informed steps revise early choices.
+  The last step to t = 1 redraws nothing. NFE = N.
 - "unmask" (masked source only): the exact sampler of the masked path. Each token draws its
   own reveal time tau_i with P(tau_i <= t) = kappa(t); tokens are revealed one at a time in
   the order of their times, each from the posterior given the tokens revealed before. With
@@ -70,12 +74,16 @@ def _euler(
         p_jump = jnp.where(last, 1.0, 1.0 - stay ** (1.0 + eta))
         jump = jax.random.uniform(k_jump, x.shape) < p_jump
         new = jnp.where(jump, _draw(k_draw, probs), x)
-        if path.source == "mask":
-            # Remasking at rate eta kappa' / kappa integrated: 1 - (kappa / kappa')^eta, for tokens
-            # unmasked before this step (a token revealed in it is kept).
+        if corrector > 0:
+            # The source redraw at rate eta kappa' / kappa, integrated over the step: 1 - (kappa /
+            # kappa')^eta. A token that moved forward in this step keeps its move (the masked
+            # source's: one masked before it; at t = 0 every token is redrawn, which leaves the
+            # source's tokens as they are in law).
             p_back = 1.0 - (kappa / jnp.maximum(kappa_next, 1e-12)) ** eta
-            back = (x != path.mask_id) & (jax.random.uniform(k_back, x.shape) < p_back)
-            new = jnp.where(back, path.mask_id, new)
+            back = jax.random.uniform(k_back, x.shape) < p_back
+            moved = (x == path.mask_id) if path.source == "mask" else jump
+            source = path.draw_source(jax.random.fold_in(k_back, 1), x.shape)
+            new = jnp.where(back & ~moved, source, new)
         return new, key
 
     x, _ = jax.lax.fori_loop(0, steps, step, (x0, key))
@@ -123,7 +131,7 @@ def sample(
         key: the key of the jumps and draws.
         steps: "euler": the number of steps N (the NFE); "unmask" makes L calls whatever it is.
         method: "euler" or "unmask" (`METHODS`).
-        corrector: eta >= 0, the corrector's noise ("euler", masked source).
+        corrector: eta >= 0, the corrector's noise ("euler", masked or uniform source).
         t1: where to stop, in (0, 1]; below 1 the tokens are a draw of the path's marginal at t1
             (some still masked or noise): "euler" takes its N steps on [0, t1], "unmask" reveals
             the tokens whose reveal time is at most t1.
@@ -138,8 +146,11 @@ def sample(
         raise ValueError(f"x0 must be integer tokens of shape (batch, length); got {x0.dtype} {x0.shape}.")
     if corrector < 0:
         raise ValueError(f"corrector (eta) must be non-negative, got {corrector}.")
-    if corrector > 0 and (path.source != "mask" or method != "euler"):
-        raise ValueError('The corrector is implemented for the "euler" sampler of the masked source.')
+    if corrector > 0 and (path.source == "data" or method != "euler"):
+        raise ValueError(
+            'The corrector is implemented for the "euler" sampler of the masked and uniform sources (its '
+            f"backward velocity redraws tokens from the source); got method {method!r}, source {path.source!r}."
+        )
     if not (isinstance(t1, (int, float)) and 0.0 < t1 <= 1.0):
         raise ValueError(f"t1 must be a number in (0, 1] (where the sampler stops; 1 is the data), got {t1!r}.")
     if method == "unmask":
