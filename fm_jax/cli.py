@@ -284,10 +284,10 @@ def _sample_tokens(args: argparse.Namespace, run) -> None:
     sampler = args.solver or "euler"
     if sampler not in SAMPLERS:
         raise SystemExit(f"A discrete flow samples with --solver {' or '.join(SAMPLERS)}; got {sampler!r}.")
-    if args.diffusion is not None or args.guidance is not None or args.rtol is not None or args.atol is not None:
+    if args.diffusion is not None or args.rtol is not None or args.atol is not None:
         raise SystemExit(
-            "A discrete flow samples with --solver euler --steps N [--corrector ETA] or --solver unmask; "
-            "--diffusion, --guidance, --rtol and --atol are for continuous flows."
+            "A discrete flow samples with --solver euler --steps N [--corrector ETA] or --solver unmask "
+            "[--label C] [--guidance W]; --diffusion, --rtol and --atol are for continuous flows."
         )
     steps = 100 if args.steps is None else args.steps
     num, classes = _num(args, run), run.spec.data.num_classes
@@ -301,7 +301,9 @@ def _sample_tokens(args: argparse.Namespace, run) -> None:
     elif classes:
         labels = np.arange(num, dtype=np.int32) % classes  # the classes in turn: one column a class
     try:
-        out = sample_tokens(run, num, sampler, steps, args.corrector, labels, args.seed, progress=True)
+        out = sample_tokens(
+            run, num, sampler, steps, args.corrector, labels, args.seed, progress=True, guidance=args.guidance
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from None
     how = (
@@ -312,6 +314,8 @@ def _sample_tokens(args: argparse.Namespace, run) -> None:
     tag = f"{sampler}{steps}" if sampler == "euler" else "unmask"
     tag += f"_corrector{args.corrector:g}" if args.corrector else ""
     tag += f"_label{args.label}" if args.label is not None else ""
+    tag += f"_guidance{args.guidance:g}" if args.guidance is not None else ""
+    how += f", guidance w = {args.guidance:g}" if args.guidance is not None else ""
     base = pathlib.Path(args.workdir) / f"samples_{tag}"
     np.savez(base.with_suffix(".npz"), tokens=out["tokens"], images=out["images"], nfe=out["nfe"])
     nrow = classes if labels is not None and args.label is None else int(np.ceil(np.sqrt(num)))

@@ -187,6 +187,29 @@ def test_stopped_at_t1_the_samplers_give_the_paths_marginal_there(source, method
     assert tv(samples, expected, expected.shape[1]) < 0.02
 
 
+@pytest.mark.parametrize("method", ["euler", "unmask"])
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 2.5])
+def test_guidance_samples_the_geometric_mix_of_the_conditional_and_unconditional_posteriors(method, guidance):
+    """A factorized class-conditional "network" (one table of logits per class, another for the
+    null label): with guidance w every token is drawn from p_null^(1 - w) p_c^w, normalized."""
+    path = dfm.MixturePath(K, "mask")
+    rng = np.random.default_rng(3)
+    tables = jnp.asarray(rng.normal(size=(3, L, K)), jnp.float32)  # classes 0, 1 and the null label 2
+    calls = []
+
+    def network(t, x, labels):
+        calls.append(x.shape[0])
+        return jnp.broadcast_to(tables[labels][:, :, :], (x.shape[0], L, K))
+
+    n = 20_000
+    x0 = path.draw_source(jax.random.key(7), (n, L))
+    posterior = dfm.guided_posterior(network, jnp.int32(1), 2, guidance)
+    out = jax.jit(lambda key: dfm.sample(posterior, x0, path, key, 50, method))(jax.random.key(8))
+    mix = (1.0 - guidance) * jax.nn.log_softmax(tables[2]) + guidance * jax.nn.log_softmax(tables[1])
+    assert tv(np.asarray(out.x1), np.asarray(jax.nn.softmax(mix)), K) < 0.02
+    assert calls == [2 * n]  # traced once: one network call on the stacked batch per NFE
+
+
 @pytest.mark.parametrize("method, corrector", [("euler", 0.0), ("euler", 0.5), ("unmask", 0.0)])
 def test_the_samplers_reproduce_a_joint_target_from_its_exact_posterior(method, corrector):
     path = dfm.MixturePath(JOINT_K, "mask")

@@ -12,7 +12,8 @@ module each, rather than one `discrete.py`: each part is read and tested on its 
 
 - `paths`: schedulers kappa(t), sources, `MixturePath` (x_t, the probability velocity).
 - `losses`: `dfm_loss`, cross-entropy or generalized KL.
-- `sampling`: `sample`, the Euler jump sampler (with the corrector) and the exact unmasking sampler.
+- `sampling`: `sample`, the Euler jump sampler (with the corrector) and the exact unmasking sampler;
+  `guided_posterior`, classifier-free guidance of a class-conditional network.
 - `likelihood`: `elbo`, the masked source's continuous-time ELBO.
 """
 
@@ -28,7 +29,7 @@ from fm_jax.discrete.paths import (
     log_posterior,
     posterior_probs,
 )
-from fm_jax.discrete.sampling import METHODS, DiscreteSample, sample
+from fm_jax.discrete.sampling import METHODS, DiscreteSample, guided_posterior, sample
 
 __all__ = [
     "METHODS",
@@ -44,6 +45,7 @@ __all__ = [
     "bits_per_token",
     "dfm_loss",
     "elbo",
+    "guided_posterior",
     "log_posterior",
     "posterior_probs",
     "sample",

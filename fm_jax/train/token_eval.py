@@ -49,16 +49,29 @@ def sample_tokens(
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = False,
+    guidance: float | None = None,
 ) -> dict:
-    """{"tokens" (num, L), "images" uint8 (num, H, W, C), "nfe"} of a discrete run (the module docstring)."""
+    """{"tokens" (num, L), "images" uint8 (num, H, W, C), "nfe"} of a discrete run (the module
+    docstring); `guidance` w: classifier-free guidance of a class-conditional run's posterior
+    (`fm_jax.discrete.guided_posterior`), with `labels`."""
     path = token_path(run)
     if labels is not None and len(labels) != num:
         raise ValueError(f"labels must give one class per sample ({num}), got {len(labels)}.")
+    classes = run.spec.data.num_classes
+    if guidance is not None and (not classes or labels is None):
+        raise ValueError(
+            "Guidance needs a class-conditional run (config.conditional = true, trained with config.label_dropout "
+            "> 0) and the labels to sample."
+        )
     length = run.spec.data.length
     key = held_out_key(seed, NOISE)
 
     def draw(key, x0, cond):
-        posterior = lambda t, x: run.apply(run.params, t, x, cond)
+        if guidance is None:
+            posterior = lambda t, x: run.apply(run.params, t, x, cond)
+        else:  # the network's null label is its number of classes
+            network = lambda t, x, c: run.apply(run.params, t, x, c)
+            posterior = discrete.guided_posterior(network, cond, classes, guidance)
         return discrete.sample(posterior, x0, path, key, steps, sampler, corrector)
 
     compiled = jax.jit(draw)
@@ -66,7 +79,8 @@ def sample_tokens(
     announce(
         f"sampling {num} token sequences of {run.spec.method.name} with the {sampler} sampler"
         + (f" in {steps} steps" if sampler == "euler" else "")
-        + (f", corrector {corrector:g}" if corrector else ""),
+        + (f", corrector {corrector:g}" if corrector else "")
+        + (f", guidance w = {guidance:g}" if guidance is not None else ""),
         progress,
     )
     chunks, nfe = [], 0
