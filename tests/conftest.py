@@ -52,3 +52,28 @@ ALL_PATHS = [
 @pytest.fixture(params=ALL_PATHS, ids=repr)
 def path(request):
     return request.param
+
+
+# Scheduling over the pytest-xdist workers (`make test`: -n auto --dist loadfile
+# --no-loadscope-reorder, which keeps this order rather than xdist's most-tests-first): each module
+# runs on one worker, so a module fixture that trains a run or converts weights runs once
+# (under plain load scheduling a module split over two workers runs it in both; xdist 3.8's
+# loadgroup cannot group under pytest 9, whose node ids no longer take its suffix), and the
+# longest modules start first, so that no long module runs alone at the end.
+LONGEST_FIRST = (
+    "test_fid_weights",
+    "test_image_train",
+    "test_multiprocess",
+    "test_toy2d_table",
+    "test_inception_fid",
+    "test_distill_train",
+    "test_discrete_train",
+    "test_resume",
+    "test_benchmarks",
+    "test_faults",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module keeps its order

@@ -28,7 +28,7 @@ def images(count: int, seed: int) -> np.ndarray:
 
 def test_reference_statistics_are_cached_and_remade_when_what_they_depend_on_changes(weights, tmp_path, monkeypatch):
     monkeypatch.setenv("FM_JAX_CACHE", str(tmp_path / "cache"))
-    data = images(6, 0)
+    data = images(8, 0)  # 8 images everywhere in this module: one Inception program (batch 8) for all
     scorer = inception_fid.InceptionFID(weights)
     first = scorer.reference("toy", "train", data)
     (cached,) = (tmp_path / "cache" / "fid_stats").iterdir()
@@ -41,7 +41,7 @@ def test_reference_statistics_are_cached_and_remade_when_what_they_depend_on_cha
         m.setattr(fid, "feature_stats_of", computed)
         again = inception_fid.InceptionFID(weights).reference("toy", "train", data)
     np.testing.assert_array_equal(np.asarray(again.mu), np.asarray(first.mu))
-    assert again.n == first.n == 6
+    assert again.n == first.n == 8
 
     changed = data.copy()
     changed[0, 0, 0, 0] ^= 1  # one pixel
@@ -70,19 +70,19 @@ def test_fid_stats_computes_a_prepared_cifar10_once_into_the_cache_that_eval_rea
     data_dir, out = str(tmp_path / "data"), tmp_path / "cifar10_train.npz"
     rng = np.random.default_rng(0)
     split = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
-    train = split(6)
+    train = split(8)
     prepare.write_arrays("cifar10", data_dir, {"train": train, "test": split(2)}, num_classes=10)
     command = ["fid-stats", "--dataset", "cifar10", "--data-dir", data_dir, "--fid-weights", str(weights)]
     cli.main(command + ["--out", str(out)])
     captured = capsys.readouterr()
     cached = inception_fid.InceptionFID(weights).reference_path("cifar10", "train", train[0])
-    assert f"cifar10 train: Inception statistics of 6 images (2048-d) in {cached} and {out}" in captured.out
-    assert "reading the 6 train images (32, 32, 3) of cifar10" in captured.err
+    assert f"cifar10 train: Inception statistics of 8 images (2048-d) in {cached} and {out}" in captured.out
+    assert "reading the 8 train images (32, 32, 3) of cifar10" in captured.err
     expected = fid.feature_stats_of(fid.inception_extractor(weights), inception_fid.to_rgb(train[0]), batch_size=64)
     for stats in (fid.load_stats(out), fid.load_stats(cached)):
         np.testing.assert_allclose(stats.mu, expected.mu, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(stats.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
-        assert stats.n == 6
+        assert stats.n == 8
 
     def computed(*args, **kwargs):
         raise AssertionError("the statistics were computed again")
@@ -101,9 +101,9 @@ def test_fid_stats_computes_a_prepared_cifar10_once_into_the_cache_that_eval_rea
 def test_eval_reports_the_inception_fid_of_an_image_run(weights, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FM_JAX_CACHE", str(tmp_path / "cache"))
     data_dir = tmp_path / "tfds"
-    labels = np.zeros(24, np.int64)
+    labels = np.zeros(8, np.int64)
     prepare.write_arrays(
-        "tiny_digits", str(data_dir), {"train": (images(24, 1), labels), "test": (images(8, 2), labels[:8])}
+        "tiny_digits", str(data_dir), {"train": (images(8, 1), labels), "test": (images(8, 2), labels)}
     )
     workdir = tmp_path / "run"
     overrides = [
@@ -114,7 +114,6 @@ def test_eval_reports_the_inception_fid_of_an_image_run(weights, tmp_path, monke
         "--config.num_steps=2",
         "--config.log_every=2",
         "--config.checkpoint_every=2",
-        "--config.warmup_steps=1",
     ]
     cli.main(["train", "--config", "images", "--workdir", str(workdir), *overrides])
     capsys.readouterr()
@@ -122,7 +121,7 @@ def test_eval_reports_the_inception_fid_of_an_image_run(weights, tmp_path, monke
     out, err = capsys.readouterr()
     row = json.loads((workdir / "eval.json").read_text())["solvers"]["euler:2"]
     assert row["fid"] > 0 and row["fd_pixel"] > 0
-    assert "FID reference statistics of 24 tiny_digits train images, once" in err
+    assert "FID reference statistics of 8 tiny_digits train images, once" in err
     assert "FID" in out.splitlines()[1]  # the table's header
     # The second evaluation reads the statistics back.
     cli.main(["eval", "--workdir", str(workdir), "--solvers", "euler:2", "--num", "8", "--fid-weights", str(weights)])

@@ -110,7 +110,8 @@ def test_an_image_run_logs_the_pixel_fd_and_a_grid_of_samples(tmp_path, monkeypa
     monkeypatch.setattr(metrics_log, "EVAL_IMAGES", 2 * GRID * GRID)  # a smaller evaluation, for speed
 
     fields = {"data.dir": tmp_path / "tfds", "model.preset": "tiny", "batch_size": 16, "num_steps": 2}
-    fields |= {"steps_per_call": 1, "log_every": 2, "eval_every": 2, "checkpoint_every": 0}
+    # warmup 5: the train step of test_image_train's runs, compiled once for both (the cache)
+    fields |= {"steps_per_call": 1, "log_every": 2, "eval_every": 2, "checkpoint_every": 0, "warmup_steps": 5}
     config = apply_overrides(load_config("images"), {k: str(v) for k, v in fields.items()})
     train(config, tmp_path / "run", progress=False)
     line = lines_of(tmp_path / "run")[-1]

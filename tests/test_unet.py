@@ -354,3 +354,29 @@ def test_construction_errors():
         r"'torchcfm_cifar10', 'tiny', 'small'\]",
     ):
         unet_preset("huge", SHAPE, rngs=nnx.Rngs(0))
+
+
+def test_the_token_unet_starts_uniform_and_its_tokens_reach_their_neighbours():
+    """A discrete flow's U-Net (`TokenUNet`): int tokens (batch, H W C) in, logits (batch, H W C, K)
+    out; zero logits (the uniform posterior) at initialization, as the transformer; after a few
+    gradient steps a token changes the logits of the pixel beside it."""
+    import optax
+
+    from fm_jax.models import TokenUNet
+    from fm_jax.models.unet import PRESETS
+
+    model = TokenUNet((8, 8, 1), 18, 17, **PRESETS["tiny"], rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.key(1), (4, 64), 0, 18)
+    t = jnp.full((4,), 0.5)
+    apply, params = functional(model)
+    apply = jax.jit(apply)
+    logits = apply(params, t, x)
+    assert logits.shape == (4, 64, 17) and float(jnp.abs(logits).max()) == 0.0
+    grad = jax.jit(jax.grad(lambda p: -jnp.mean(jax.nn.log_softmax(apply(p, t, x))[..., 3])))
+    for _ in range(3):  # the zero-initialized layers pass gradients on from the third step
+        params = optax.apply_updates(params, jax.tree.map(lambda g: -0.1 * g, grad(params)))
+    changed = x.at[:, 0].set((x[:, 0] + 1) % 18)  # the top-left pixel's token
+    delta = jnp.abs(apply(params, t, changed) - apply(params, t, x))
+    assert float(delta[:, 1].max()) > 0  # the logits of its right neighbour move
+    with pytest.raises(ValueError, match=r"takes int tokens of shape \(batch, 64\)"):
+        apply(params, t, jnp.zeros((4, 64)))

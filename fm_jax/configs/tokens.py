@@ -8,8 +8,10 @@
 
 Methods (`fm_jax.train.methods`): dfm_mask (the masked source: masked diffusion's
 continuous-time ELBO bounds its likelihood) and dfm_uniform (the uniform source). The
-network (`fm_jax.models.Transformer`, presets tiny, small, base) predicts the posterior
-p(x1 | x_t) of every pixel's level (`fm_jax.discrete`); `config.dfm` sets the loss
+network (`fm_jax.models.Transformer`, presets tiny, small, base; or with
+`--config.model.kind=unet` a `fm_jax.models.TokenUNet` of a U-Net preset over the pixel grid,
+best at --config.steps_per_call=1) predicts the posterior p(x1 | x_t) of every pixel's level
+(`fm_jax.discrete`); `config.dfm` sets the loss
 ("ce": cross-entropy, "kl": the generalized KL) and the scheduler kappa(t) = t^n.
 """
 

@@ -18,6 +18,7 @@ from flax import nnx
 from fm_jax.models.encoders import CoupledField, GaussianEncoder
 from fm_jax.models.flows import Flow
 from fm_jax.models.mlp import MLP
+from fm_jax.models.token_unet import TokenUNet
 from fm_jax.models.transformer import Transformer, transformer_preset
 from fm_jax.models.unet import UNet, unet_preset
 
@@ -26,6 +27,7 @@ __all__ = [
     "CoupledField",
     "Flow",
     "GaussianEncoder",
+    "TokenUNet",
     "Transformer",
     "UNet",
     "functional",

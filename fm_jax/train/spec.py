@@ -181,9 +181,11 @@ class DataSpec:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """The network: `kind` "mlp" (width, depth, activation), "unet" (the preset's settings,
-    `config.model.dropout` where given) or "flow" (`Flow` keyword arguments of `config.flow`);
-    on examples of `shape`, conditioned on `num_classes` classes (0: none); fastode's encoder
-    (`encoder`: width, depth, preset) where the method learns its coupling."""
+    `config.model.dropout` where given), "transformer" (a preset's settings) or "flow" (`Flow`
+    keyword arguments of `config.flow`); on examples of `shape`, conditioned on `num_classes`
+    classes (0: none); fastode's encoder (`encoder`: width, depth, preset) where the method
+    learns its coupling. A discrete flow's network ("transformer", or "unet": a `TokenUNet` on
+    the image's grid) predicts `vocab_size` values from tokens of `num_states` values."""
 
     kind: str
     shape: tuple[int, ...]
@@ -224,14 +226,22 @@ class ModelSpec:
             return cls("flow", shape, flow=flow)
         kind = config.model.get("kind", "mlp")
         NETWORKS[kind]  # a known kind, or the error that lists them
-        if (kind == "transformer") != (method.model == "tokens"):
+        if (kind == "transformer" and method.model != "tokens") or (kind == "mlp" and method.model == "tokens"):
             raise ValueError(
-                "A discrete flow (dfm_*) predicts tokens with --config.model.kind=transformer, and the transformer "
-                f"is for discrete flows only: method {method.name!r} with model.kind {kind!r} (--config tokens)."
+                "A discrete flow (dfm_*) predicts tokens with --config.model.kind=transformer (or unet: a U-Net over "
+                f"the pixels' one-hot tokens), and the transformer is for discrete flows only: method {method.name!r} "
+                f"with model.kind {kind!r} (--config tokens)."
             )
-        if kind == "transformer":
-            settings = transformer.PRESETS[config.model.preset]
+        if method.model == "tokens":
             states = data_spec.levels + (method.token_source == "mask")
+            if kind == "unet":  # a `TokenUNet` on the image's grid
+                settings = unet.PRESETS[config.model.preset] | (
+                    {"dropout": config.model.dropout} if "dropout" in config.model else {}
+                )
+                return cls(
+                    "unet", data_spec.shape, classes, unet=settings, vocab_size=data_spec.levels, num_states=states
+                )
+            settings = transformer.PRESETS[config.model.preset]
             return cls(
                 "transformer",
                 (data_spec.length,),

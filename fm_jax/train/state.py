@@ -27,6 +27,7 @@ from flax import nnx
 
 from fm_jax.models import MLP, CoupledField, Flow, GaussianEncoder, Transformer, functional, unet
 from fm_jax.models.encoders import ImageEncoder
+from fm_jax.models.token_unet import TokenUNet
 from fm_jax.registry import Registry
 
 if TYPE_CHECKING:
@@ -72,8 +73,12 @@ NETWORKS: Registry[_Network] = Registry(
                 m.shape[0], m.encoder["width"], m.encoder["depth"], m.activation, rngs=rngs
             ),
         ),
-        "unet": _Network(
-            lambda m, rngs: unet.UNet(m.shape, num_classes=m.num_classes, **m.unet, rngs=rngs),
+        "unet": _Network(  # a velocity field on images, or a discrete flow's posterior over their pixels
+            lambda m, rngs: (
+                TokenUNet(m.shape, m.num_states, m.vocab_size, m.num_classes, **m.unet, rngs=rngs)
+                if m.vocab_size
+                else unet.UNet(m.shape, num_classes=m.num_classes, **m.unet, rngs=rngs)
+            ),
             lambda m, rngs: ImageEncoder(m.shape, m.encoder["preset"], m.num_classes, rngs=rngs),
         ),
         # A discrete flow's posterior network over the tokens (no encoder: no learned coupling).
