@@ -784,7 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="samples (default {}; {} images for image runs)".format(*DEFAULT_NUM["sample"]),
     )
-    s.add_argument("--label", type=int, default=None, help="class of every sample (class-conditional image and token runs)")
+    s.add_argument(
+        "--label", type=int, default=None, help="class of every sample (class-conditional image and token runs)"
+    )
     s.add_argument(
         "--corrector",
         type=float,
